@@ -1,0 +1,87 @@
+"""Light specifications returned by plugin hooks.
+
+These dataclasses import nothing heavy: listing plugins must stay fast, so a spec names where
+the implementation lives (``"package.module:attribute"``) instead of holding the class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+
+def import_object(path: str):
+    """Import ``"package.module:attribute"`` and return the attribute."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    obj = module
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What a plugin declares about one modality.
+
+    Attributes:
+        name: the modality's name as used in configs (``modalities=[vision]``).
+        part_type: the content-part ``type`` it accepts in data files (``"image"``).
+        placeholder: the special token that marks where its pseudo-tokens go (``"<image>"``).
+        impl: ``"module:Class"`` of the :class:`omnimodal.modality.Modality` subclass.
+        api_part_types: OpenAI-style API part types it accepts (``("image_url",)``).
+        requires: import names it needs beyond the core (checked without importing).
+        install_hint: what to install when ``requires`` are missing.
+        description: one line for ``omnimodal plugins``.
+    """
+
+    name: str
+    part_type: str
+    placeholder: str
+    impl: str
+    api_part_types: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectorSpec:
+    """A projector kind: ``name`` (``"mlp"``) and ``impl`` (``"module:Class"``)."""
+
+    name: str
+    impl: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Demo data a plugin supplies for its modality.
+
+    ``builder`` is ``"module:function"``; the function is called as
+    ``builder(root: pathlib.Path, seed: int) -> dict[str, pathlib.Path]`` and returns the
+    ``train``/``val``/``test`` JSONL files it wrote under ``root`` (a directory of its own).
+    Bump ``version`` when the data changes so cached copies are rebuilt.
+    """
+
+    modality: str
+    builder: str
+    version: str = "1"
+    description: str = ""
+
+
+@dataclass
+class PluginInfo:
+    """One entry point as loaded: where it came from and what it provides (or why it failed)."""
+
+    name: str
+    value: str
+    distribution: str = "?"
+    version: str = "?"
+    modalities: list[str] = field(default_factory=list)
+    projectors: list[str] = field(default_factory=list)
+    config_dirs: list[str] = field(default_factory=list)
+    demos: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+    status: str = "ok"  # ok | failed | disabled | incompatible | unavailable
+    reason: str = ""

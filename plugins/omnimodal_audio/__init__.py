@@ -1,0 +1,3 @@
+"""omnimodal's audio plugin (in progress)."""
+
+OMNIMODAL_API_VERSION = 1

@@ -1,0 +1,3 @@
+"""omnimodal's molecule plugin (in progress)."""
+
+OMNIMODAL_API_VERSION = 1
