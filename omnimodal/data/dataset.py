@@ -1,0 +1,159 @@
+"""Dataset and collator: records -> (load, preprocess, tokenize) samples -> padded batches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from omnimodal.data.chat import IGNORE_INDEX, encode
+from omnimodal.data.records import Record, SkipReport
+from omnimodal.errors import DataError, OmnimodalError
+from omnimodal.modality import MediaItem, Modality
+
+log = logging.getLogger(__name__)
+
+
+def answer_text(record: Record) -> str:
+    """The text of the last assistant turn (the reference answer for evaluation)."""
+    last = [m for m in record.messages if m["role"] == "assistant"][-1]
+    return "\n".join(p["text"] for p in last["content"] if p["type"] == "text")
+
+
+def prompt_messages(record: Record) -> list[dict[str, Any]]:
+    """The conversation up to (not including) its last assistant turn."""
+    last = max(i for i, m in enumerate(record.messages) if m["role"] == "assistant")
+    return record.messages[:last]
+
+
+def question_text(record: Record) -> str:
+    """The text the user wrote in the prompt (media removed): the blind baseline's key."""
+    return "\n".join(p["text"] for m in prompt_messages(record) if m["role"] != "assistant" for p in m["content"] if p["type"] == "text")
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Turns records into samples; ``mode='train'`` gives labels, ``'generate'`` a prompt + answer."""
+
+    def __init__(
+        self,
+        records: list[Record],
+        tokenizer,
+        modalities: dict[str, Modality],
+        placeholder_ids: dict[str, int],
+        max_length: int | None = None,
+        mode: str = "train",
+    ):
+        self.records = records
+        self.tokenizer = tokenizer
+        self.by_part_type = {m.part_type: m for m in modalities.values()}
+        self.placeholders = {m.part_type: m.placeholder for m in modalities.values()}
+        self.placeholder_ids = placeholder_ids
+        self.max_length = max_length
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def prepare_items(self, record: Record, messages: list[dict[str, Any]]) -> list[MediaItem]:
+        """Load and preprocess every media part of ``messages``; errors name record and part."""
+        items = []
+        for i, msg in enumerate(messages):
+            for j, part in enumerate(msg["content"]):
+                if part["type"] == "text":
+                    continue
+                modality = self.by_part_type[part["type"]]
+                source = f"{record.source}: message {i} part {j} ({part['type']})"
+                try:
+                    raw = modality.item_from_part(part, record.base_dir)
+                    items.append(modality.prepare(raw, source))
+                except DataError as exc:
+                    if source in str(exc):
+                        raise
+                    raise type(exc)(f"{source}: {exc}") from exc
+        return items
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        generate = self.mode == "generate"
+        messages = prompt_messages(record) if generate else record.messages
+        items = self.prepare_items(record, messages)
+        enc = encode(
+            self.tokenizer,
+            messages,
+            self.placeholders,
+            self.placeholder_ids,
+            [(self.by_part_type_name(it), it.num_tokens) for it in items],
+            record.source,
+            self.max_length,
+            add_generation_prompt=generate,
+        )
+        return {
+            "input_ids": enc.input_ids,
+            "labels": enc.labels,
+            "items": items[: enc.kept_items],
+            "index": index,
+            "source": record.source,
+            "kind": record.kind,
+            "answer": answer_text(record) if generate else None,
+        }
+
+    def by_part_type_name(self, item: MediaItem) -> str:
+        for part_type, modality in self.by_part_type.items():
+            if modality.name == item.modality:
+                return part_type
+        raise KeyError(item.modality)
+
+    def drop_bad(self, report: SkipReport) -> None:
+        """Try every sample once and drop those that fail (``data.on_error=skip``)."""
+        good = []
+        for i, record in enumerate(self.records):
+            try:
+                self[i]
+            except OmnimodalError as exc:
+                report.add(record.source, exc)
+                continue
+            good.append(record)
+        self.records = good
+
+
+class Collator:
+    """Pads token ids (right for training, left for generation) and batches media per modality."""
+
+    def __init__(self, modalities: dict[str, Modality], pad_id: int, padding_side: str = "right"):
+        self.modalities = modalities
+        self.pad_id = pad_id
+        self.padding_side = padding_side
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        length = max(len(s["input_ids"]) for s in samples)
+        n = len(samples)
+        input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, length), dtype=torch.long)
+        position_ids = torch.zeros((n, length), dtype=torch.long)
+        for row, s in enumerate(samples):
+            k = len(s["input_ids"])
+            sl = slice(length - k, length) if self.padding_side == "left" else slice(0, k)
+            input_ids[row, sl] = torch.tensor(s["input_ids"])
+            labels[row, sl] = torch.tensor(s["labels"])
+            attention[row, sl] = 1
+            position_ids[row, sl] = torch.arange(k)
+        per_modality: dict[str, list[MediaItem]] = {}
+        for s in samples:  # items in sample order, then conversation order: the splice's order
+            for item in s["items"]:
+                per_modality.setdefault(item.modality, []).append(item)
+        media = {name: self.modalities[name].collate([it.features for it in items]) for name, items in per_modality.items()}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "position_ids": position_ids,
+            "media": media,
+            "media_tokens": {name: [it.num_tokens for it in items] for name, items in per_modality.items()},
+            "media_sources": {name: [it.source for it in items] for name, items in per_modality.items()},
+            "index": torch.tensor([s["index"] for s in samples]),
+            "sources": [s["source"] for s in samples],
+            "kinds": [s["kind"] for s in samples],
+            "answers": [s["answer"] for s in samples],
+        }

@@ -1,0 +1,53 @@
+"""Demo data: each active modality's plugin builds its own set, once, under a shared root."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+from omnimodal.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive inter-process lock (so DDP ranks or parallel runs build data once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_demo(modalities: list[str], root: str | Path, seed: int = 0) -> dict[str, list[Path]]:
+    """Build (or reuse) the demo data of each modality; return split -> JSONL files."""
+    from omnimodal.plugins import get_registry
+    from omnimodal.specs import import_object
+
+    registry = get_registry()
+    root = Path(root).expanduser().resolve()
+    files: dict[str, list[Path]] = {"train": [], "val": [], "test": []}
+    for name in modalities:
+        spec = registry.demos.get(name)
+        if spec is None:
+            raise ConfigError(
+                f"modality {name!r} supplies no demo data (its plugin has no omnimodal_demo_data hook); "
+                "give data.train/data.val/data.test files"
+            )
+        target = root / f"{name}-v{spec.version}-seed{seed}"
+        manifest = target / "manifest.json"
+        with file_lock(root / f".{name}.lock"):
+            if not manifest.is_file():
+                log.info("building %s demo data under %s", name, target)
+                target.mkdir(parents=True, exist_ok=True)
+                paths = import_object(spec.builder)(target, seed)
+                manifest.write_text(json.dumps({k: str(Path(v).relative_to(target)) for k, v in paths.items()}))
+        for split, rel in json.loads(manifest.read_text()).items():
+            files.setdefault(split, []).append(target / rel)
+    return files

@@ -1,0 +1,121 @@
+"""Evaluation: greedy answers on held-out questions vs a blind baseline, per modality and kind.
+
+The blind baseline answers each question with the answer most often given to that same
+question text in training: the best any model that cannot see (hear, read) the media can do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, question_text
+from omnimodal.data.records import Record
+
+
+def normalise(text: str) -> str:
+    """Exact-match normalisation: trim, lower-case, drop a final full stop."""
+    return text.strip().lower().rstrip(".").strip()
+
+
+def blind_baseline(records: list[Record]) -> dict[str, Any]:
+    """Most frequent training answer per question text, with a global fallback."""
+    per_question: dict[str, Counter] = defaultdict(Counter)
+    overall: Counter = Counter()
+    for r in records:
+        a = normalise(answer_text(r))
+        per_question[question_text(r)][a] += 1
+        overall[a] += 1
+    return {
+        "answers": {q: c.most_common(1)[0][0] for q, c in sorted(per_question.items())},
+        "fallback": overall.most_common(1)[0][0] if overall else "",
+    }
+
+
+def blind_answer(baseline: dict[str, Any], record: Record) -> str:
+    """The blind baseline's answer to ``record``."""
+    return baseline["answers"].get(question_text(record), baseline.get("fallback", ""))
+
+
+def record_modality(record: Record, part_types: dict[str, str]) -> str:
+    """The modality key of a record: its media's modalities joined by '+' (or 'text')."""
+    names = sorted({part_types[p["type"]] for p in record.media_parts() if p["type"] in part_types})
+    return "+".join(names) or "text"
+
+
+@torch.no_grad()
+def predict(model, records: list[Record], batch_size: int = 64, max_new_tokens: int = 8, max_length: int | None = None, progress: bool = True) -> list[str]:
+    """Greedy answers of ``model`` to the last user turn of each record."""
+    ds = ConversationDataset(records, model.tokenizer, model.modalities, model.placeholder_ids, max_length, mode="generate")
+    collate = Collator(model.modalities, model.tokenizer.pad_token_id, padding_side="left")
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        media = _to_device(batch["media"], device)
+        out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), media, max_new_tokens=max_new_tokens)
+        answers.extend(model.tokenizer.batch_decode(out, skip_special_tokens=True))
+    model.train(was_training)
+    return answers
+
+
+def _to_device(obj: Any, device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def score(records: list[Record], predictions: list[str], baseline: dict[str, Any], part_types: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{modality: {kind | 'overall': {accuracy, blind, n}}}`` as fractions."""
+    hits: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
+    for record, pred in zip(records, predictions):
+        gold = normalise(answer_text(record))
+        row = (normalise(pred) == gold, blind_answer(baseline, record) == gold)
+        modality = record_modality(record, part_types)
+        hits[(modality, record.kind or "all")].append(row)
+        hits[(modality, "overall")].append(row)
+    table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for (modality, kind), rows in sorted(hits.items()):
+        n = len(rows)
+        table[modality][kind] = {
+            "accuracy": sum(a for a, _ in rows) / n,
+            "blind": sum(b for _, b in rows) / n,
+            "n": n,
+        }
+    for modality in table:  # 'overall' last
+        table[modality]["overall"] = table[modality].pop("overall")
+    return dict(table)
+
+
+def format_table(table: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A plain-text table: modality, kind, n, accuracy, blind baseline, gain."""
+    lines = [f"{'modality':<16} {'kind':<14} {'n':>5} {'accuracy':>9} {'blind':>7} {'gain':>7}"]
+    lines.append("-" * len(lines[0]))
+    for modality, kinds in table.items():
+        for kind, row in kinds.items():
+            lines.append(
+                f"{modality:<16} {kind:<14} {row['n']:>5} {row['accuracy']:>9.1%} {row['blind']:>7.1%} "
+                f"{row['accuracy'] - row['blind']:>+7.1%}"
+            )
+    return "\n".join(lines)
+
+
+def evaluate(model, records: list[Record], baseline: dict[str, Any], batch_size: int = 64, max_new_tokens: int = 8, max_length: int | None = None, out_path: Path | None = None) -> dict[str, Any]:
+    """Predict, score, optionally write ``eval.json``; returns the table."""
+    part_types = {m.part_type: name for name, m in model.modalities.items()}
+    predictions = predict(model, records, batch_size, max_new_tokens, max_length)
+    table = score(records, predictions, baseline, part_types)
+    if out_path is not None:
+        Path(out_path).write_text(json.dumps(table, indent=2))
+    return table

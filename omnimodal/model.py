@@ -1,0 +1,252 @@
+"""OmniModel: per-modality encoders and projectors around one Hugging Face causal LM.
+
+Forward pass, top to bottom::
+
+    embeds = decoder.embed(input_ids)
+    for each modality in the batch (one encoder call per modality):
+        features, mask = encoder(**media[modality])          # [N, L, d_enc]
+        tokens, mask = projector(features, mask)             # [N, M, d_model]
+        embeds[input_ids == placeholder] = tokens[mask]      # one masked_scatter
+    decoder(inputs_embeds=embeds, ...)
+
+State-dict keys are stable (see ``docs`` in README): ``decoder.<HF keys>``,
+``encoders.<modality>.<...>``, ``projectors.<modality>.<...>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from omnimodal.decoder import add_placeholders, build_decoder, decoder_from_config, load_tokenizer, train_bpe_tokenizer
+from omnimodal.errors import ConfigError, PluginError, SpliceError
+from omnimodal.modality import Modality
+from omnimodal.projectors import build_projector
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "omnimodal.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def build_modalities(cfg: dict[str, dict[str, Any]]) -> dict[str, Modality]:
+    """Instantiate each configured modality through the plugin registry."""
+    from omnimodal.plugins import get_registry
+    from omnimodal.specs import import_object
+
+    registry = get_registry()
+    out = {}
+    for name, mcfg in cfg.items():
+        spec = registry.modality(name)
+        out[name] = import_object(spec.impl)(spec, dict(mcfg or {}))
+    return out
+
+
+class OmniModel(nn.Module):
+    """Encoders + projectors per modality, spliced into one causal LM's input embeddings."""
+
+    def __init__(self, decoder: nn.Module, tokenizer, modalities: dict[str, Modality], encoders: dict[str, nn.Module], projectors: dict[str, nn.Module], decoder_cfg: dict[str, Any] | None = None):
+        super().__init__()
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.modalities = modalities
+        self.encoders = nn.ModuleDict(encoders)
+        self.projectors = nn.ModuleDict(projectors)
+        self.decoder_cfg = dict(decoder_cfg or {})
+        self.placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
+        self.modality_token = {name: self.placeholder_ids[m.placeholder] for name, m in modalities.items()}
+        self.frozen: set[str] = set()
+        self.extra: dict[str, Any] = {}
+
+    # ---- construction ----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], tokenizer=None, texts: list[str] | None = None) -> OmniModel:
+        """Build from ``{"decoder": ..., "modalities": {...}}``; a scratch decoder's tokenizer is
+        trained on ``texts`` unless given."""
+        dcfg = dict(cfg["decoder"])
+        modalities = build_modalities(cfg.get("modalities") or {})
+        if tokenizer is None:
+            if dcfg.get("kind") == "scratch":
+                if not texts:
+                    raise ConfigError("a scratch decoder needs training texts to build its tokenizer")
+                tcfg = dcfg.get("tokenizer") or {}
+                tokenizer = train_bpe_tokenizer(texts, int(tcfg.get("vocab_size", 600)))
+            else:
+                tokenizer = load_tokenizer(dcfg.get("path"), dcfg.get("chat_template", "default"))
+        add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
+        decoder = build_decoder(dcfg, tokenizer)
+        d_model = decoder.config.hidden_size
+        encoders, projectors = {}, {}
+        for name, modality in modalities.items():
+            encoders[name] = modality.build_encoder(load_weights=True)
+            projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
+        return cls(decoder, tokenizer, modalities, encoders, projectors, dcfg)
+
+    # ---- the splice ------------------------------------------------------------------
+    def encode_media(self, name: str, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """encoder -> projector for one modality's batch: ``(tokens [N, M, d], mask [N, M])``."""
+        features, mask = self.encoders[name](**batch)
+        return self.projectors[name](features, mask)
+
+    def embed(self, input_ids: torch.Tensor, media: dict[str, dict[str, Any]] | None = None, sources: dict[str, list[str]] | None = None) -> torch.Tensor:
+        """Text embeddings with each modality's pseudo-tokens scattered into its placeholder slots."""
+        media = media or {}
+        embeds = self.decoder.get_input_embeddings()(input_ids)
+        for name, token_id in self.modality_token.items():
+            slots = input_ids == token_id
+            n_slots = int(slots.sum())
+            if name not in media:
+                if n_slots:
+                    raise SpliceError(f"{n_slots} {self.modalities[name].placeholder} placeholder(s) but no {name} items in the batch")
+                continue
+            tokens, mask = self.encode_media(name, media[name])
+            flat = tokens[mask]
+            if flat.shape[0] != n_slots:
+                raise SpliceError(self._mismatch(name, input_ids, slots, mask, sources))
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat.to(embeds.dtype))
+        unknown = set(media) - set(self.modality_token)
+        if unknown:
+            raise SpliceError(f"batch has media for modalities this model lacks: {sorted(unknown)}")
+        return embeds
+
+    def _mismatch(self, name, input_ids, slots, mask, sources) -> str:
+        per_sample = slots.sum(1).tolist()
+        per_item = mask.sum(1).tolist()
+        where = f" Items: {sources[name]}." if sources and name in sources else ""
+        return (
+            f"{name}: {int(slots.sum())} placeholder tokens in the batch (per sample: {per_sample}) but "
+            f"{int(mask.sum())} pseudo-tokens from {len(per_item)} item(s) (per item: {per_item}).{where}"
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, **_: Any):
+        """Loss and logits of the decoder on text + spliced pseudo-tokens (HF output object)."""
+        embeds = self.embed(input_ids, media, media_sources)
+        return self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: dict[str, Any] | None = None, **kwargs: Any) -> torch.Tensor:
+        """Generate with the decoder's own ``generate`` (KV cache); returns new token ids only.
+
+        Batches must be left-padded.
+        """
+        embeds = self.embed(input_ids, media)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        kwargs.setdefault("do_sample", False)
+        return self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    # ---- freezing ----------------------------------------------------------------------
+    def set_trainable(self, component: str, trainable: bool) -> None:
+        """Freeze or unfreeze ``decoder``, ``encoders.<m>`` or ``projectors.<m>``."""
+        module = self.get_submodule(component)
+        module.requires_grad_(trainable)
+        if trainable:
+            self.frozen.discard(component)
+        else:
+            self.frozen.add(component)
+            module.eval()
+
+    def train(self, mode: bool = True) -> OmniModel:
+        """Like ``nn.Module.train`` but frozen components stay in eval mode (dropout, norms)."""
+        super().train(mode)
+        for component in self.frozen:
+            self.get_submodule(component).eval()
+        return self
+
+    # ---- saving and loading --------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config, safetensors weights, tokenizer and modality assets to ``directory``."""
+        from safetensors.torch import save_model
+
+        from omnimodal.plugins import get_registry
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        registry = get_registry()
+        mods = {}
+        for name, modality in self.modalities.items():
+            owner = registry.modality_owner.get(name, "?")
+            info = next((p for p in registry.plugins if p.name == owner), None)
+            mods[name] = {
+                "plugin": owner,
+                "distribution": info.distribution if info else "?",
+                "version": info.version if info else "?",
+                "config": _plain(modality.cfg),
+            }
+            assets = directory / "assets" / name
+            modality.save_assets(assets)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "modalities": mods,
+            "decoder": {"config": _plain(self.decoder_cfg), "hf_config": self.decoder.config.to_dict()},
+            "placeholders": {name: m.placeholder for name, m in self.modalities.items()},
+            "extra": self.extra,
+        }
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+        save_model(self, str(directory / WEIGHTS_NAME))
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> OmniModel:
+        """Load a directory written by :meth:`save_pretrained` (no training config, no pickle)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        from omnimodal.plugins import get_registry
+
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ConfigError(f"{directory}: not an omnimodal model directory (no {CONFIG_NAME})")
+        config = json.loads(cfg_path.read_text())
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ConfigError(f"{cfg_path}: format_version {version} is not supported (this omnimodal reads {FORMAT_VERSION})")
+        registry = get_registry()
+        for name, entry in config["modalities"].items():
+            if name not in registry.modalities:
+                raise PluginError(
+                    f"{directory}: the model uses modality {name!r} from plugin {entry['plugin']!r}, which is "
+                    f"not available here; install the distribution {entry['distribution']!r} "
+                    f"(version {entry['version']}). {registry.unavailable.get(name, '')}".strip()
+                )
+        modalities = build_modalities({n: e["config"] for n, e in config["modalities"].items()})
+        for name, modality in modalities.items():
+            modality.load_assets(directory / "assets" / name)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        decoder = decoder_from_config(config["decoder"]["hf_config"])
+        d_model = decoder.config.hidden_size
+        encoders, projectors = {}, {}
+        for name, modality in modalities.items():
+            encoders[name] = modality.build_encoder(load_weights=False)
+            projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
+        model = cls(decoder, tokenizer, modalities, encoders, projectors, config["decoder"]["config"])
+        model.extra = config.get("extra", {})
+        try:
+            missing, unexpected = load_model(model, str(directory / WEIGHTS_NAME), strict=False)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ConfigError(f"{directory / WEIGHTS_NAME}: cannot read weights ({exc})") from exc
+        if missing or unexpected:
+            raise ConfigError(f"{directory / WEIGHTS_NAME}: weights do not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        return model.eval()
+
+
+def _projector_cfg(modality: Modality) -> dict[str, Any]:
+    cfg = dict(modality.cfg.get("projector") or {"kind": "mlp"})
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _plain(obj: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:
+        pass
+    return json.loads(json.dumps(obj, default=str))

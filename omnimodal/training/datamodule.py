@@ -1,0 +1,92 @@
+"""LightningDataModule: JSONL files (or the demo data) -> datasets -> stateful loaders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from omnimodal.data.dataset import Collator, ConversationDataset
+from omnimodal.data.records import Record, SkipReport, read_jsonl
+from omnimodal.modality import Modality
+
+log = logging.getLogger(__name__)
+
+
+def as_paths(value: Any) -> list[Path]:
+    """A path, a list of paths, or None -> list of paths."""
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
+def read_split(paths: list[Path], part_types: dict[str, str], on_error: str, report: SkipReport) -> list[Record]:
+    """Read and concatenate the records of several JSONL files."""
+    records: list[Record] = []
+    for path in paths:
+        records.extend(read_jsonl(path, part_types, on_error, report))
+    return records
+
+
+class OmniDataModule(L.LightningDataModule):
+    """Train/val/test conversations for an :class:`~omnimodal.model.OmniModel`."""
+
+    def __init__(self, data_cfg: dict[str, Any], files: dict[str, list[Path]], tokenizer, modalities: dict[str, Modality], placeholder_ids: dict[str, int]):
+        super().__init__()
+        self.cfg = dict(data_cfg)
+        self.files = files
+        self.tokenizer = tokenizer
+        self.modalities = modalities
+        self.placeholder_ids = placeholder_ids
+        self.report = SkipReport()
+        self.records: dict[str, list[Record]] = {}
+        self.part_types = {m.part_type: name for name, m in modalities.items()}
+
+    def load_records(self) -> dict[str, list[Record]]:
+        """Read every split once (validated; skips reported when ``on_error=skip``)."""
+        if not self.records:
+            on_error = self.cfg.get("on_error", "raise")
+            for split, paths in self.files.items():
+                if paths:
+                    self.records[split] = read_split(paths, self.part_types, on_error, self.report)
+        return self.records
+
+    def dataset(self, split: str, mode: str = "train") -> ConversationDataset:
+        """A dataset over one split's records."""
+        records = self.load_records().get(split, [])
+        ds = ConversationDataset(records, self.tokenizer, self.modalities, self.placeholder_ids, self.cfg.get("max_length"), mode)
+        if self.cfg.get("on_error", "raise") == "skip":
+            ds.drop_bad(self.report)
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and not hasattr(self, "train_set"):
+            self.train_set = self.dataset("train")
+            self.val_set = self.dataset("val") if self.files.get("val") else None
+            if self.report.total:
+                log.warning(self.report.summary())
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool, padding_side: str = "right"):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        workers = int(self.cfg.get("num_workers", 0))
+        return StatefulDataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=Collator(self.modalities, self.tokenizer.pad_token_id, padding_side),
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, int(self.cfg.get("batch_size", 32)), shuffle=True)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, int(self.cfg.get("eval_batch_size", 64)), shuffle=False)

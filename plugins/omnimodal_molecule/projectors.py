@@ -1,0 +1,48 @@
+"""``graph_pool`` projector: one pseudo-token per molecule (masked pooling over atoms, then MLP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from omnimodal.errors import ConfigError
+
+POOLINGS = ("mean", "sum", "mean_max")
+
+
+class GraphPoolProjector(nn.Module):
+    """Pool the atoms of each molecule (``mean``, ``sum`` or ``mean_max``) -> Linear-GELU-Linear.
+
+    Always gives exactly one token, whatever the atom count; padded atoms never contribute.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, pooling: str = "mean", hidden_dim: int | None = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"graph_pool projector: pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
+        width = in_dim * (2 if pooling == "mean_max" else 1)
+        hidden = hidden_dim or out_dim
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    @staticmethod
+    def num_tokens(length: int, **_: Any) -> int:
+        """One token per molecule."""
+        return 1
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = mask.unsqueeze(-1).to(features.dtype)
+        summed = (features * w).sum(1)
+        if self.pooling == "sum":
+            pooled = summed
+        else:
+            pooled = summed / w.sum(1).clamp(min=1.0)
+            if self.pooling == "mean_max":
+                neg = torch.finfo(features.dtype).min
+                mx = features.masked_fill(~mask.unsqueeze(-1), neg).amax(1)
+                mx = torch.where(mask.any(1, keepdim=True), mx, torch.zeros_like(mx))
+                pooled = torch.cat([pooled, mx], dim=-1)
+        tokens = self.mlp(pooled).unsqueeze(1)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
