@@ -51,12 +51,13 @@ def _rdkit_log():
                 logger.debug("RDKit: %s", " | ".join(lines))
 
 
-def _reason(lines: list[str], fallback: str) -> str:
-    """Condense RDKit's log lines into one reason (drops the caret-diagram lines)."""
-    keep = [ln for ln in lines if not set(ln) <= set("~^ ")]
-    # "check for mistakes around position N:" is followed by the input and a caret line.
+def _reason(lines: list[str], fallback: str, text: str = "") -> str:
+    """Condense RDKit's log lines into one reason (drops echoed input and caret diagrams)."""
     out: list[str] = []
-    for ln in keep:
+    for ln in lines:
+        ln = ln.replace("SMILES Parse Error: ", "").rstrip(":").strip()
+        if not ln or set(ln) <= set("~^ ") or ln == text or ln.startswith("Failed parsing SMILES"):
+            continue
         if ln not in out:
             out.append(ln)
     return "; ".join(out) if out else fallback
@@ -64,7 +65,8 @@ def _reason(lines: list[str], fallback: str) -> str:
 
 def _sanitize(mol: Chem.Mol, source: str, what: str) -> Chem.Mol:
     """Sanitise in place (valence, aromaticity, ...) or raise naming RDKit's reason."""
-    problems = Chem.DetectChemistryProblems(mol)
+    with _rdkit_log():
+        problems = Chem.DetectChemistryProblems(mol)
     if problems:
         reasons = "; ".join(dict.fromkeys(f"{p.GetType()}: {p.Message()}" for p in problems))
         raise MediaError(f"{source}: {what} is not a valid molecule (RDKit: {reasons})")
@@ -101,7 +103,7 @@ def mol_from_smiles(smiles: str, source: str) -> Chem.Mol:
     with _rdkit_log() as lines:
         mol = Chem.MolFromSmiles(text, sanitize=False)
     if mol is None:
-        raise MediaError(f"{source}: invalid SMILES {shown!r} (RDKit: {_reason(lines, 'syntax error')})")
+        raise MediaError(f"{source}: invalid SMILES {shown!r} (RDKit: {_reason(lines, 'syntax error', text)})")
     return finish_mol(mol, source, f"SMILES {shown!r}")
 
 

@@ -1,0 +1,149 @@
+"""Demo data: molecule QA on real molecules (RDKit's bundled NCI ``first_5K.smi``).
+
+Every answer is computed by RDKit. Each question's answers are balanced by subsampling, so
+the blind baseline (the most frequent training answer per question) is ``1 / #answers``.
+The split is by molecule (canonical SMILES): no molecule appears in two splits. Molecules
+RDKit rejects (a few valence errors in the NCI file), salts/mixtures and molecules outside
+3-40 heavy atoms are left out of the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from rdkit import Chem, RDConfig, rdBase
+from rdkit.Chem import rdMolDescriptors
+
+from omnimodal.errors import DataError
+
+SOURCE = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+MIN_ATOMS, MAX_ATOMS = 3, 40
+#: Fraction of the molecules that go to each split (train / val / test), before balancing.
+POOL_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+_HYDROXYL = Chem.MolFromSmarts("[OX2H1]")
+_ACID = Chem.MolFromSmarts("[CX3](=O)[OX2H1,OX1H0-]")
+_HALOGEN = Chem.MolFromSmarts("[F,Cl,Br,I]")
+
+
+def _count_words(n: int) -> str:
+    return ("none", "one", "two")[n] if n < 3 else "three or more"
+
+
+def _size(n: int) -> str:
+    return "fewer than 12" if n < 12 else ("12 to 19" if n < 20 else "20 or more")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+#: kind -> (question, answer values, answer function of an RDKit molecule)
+QUESTIONS: dict[str, tuple[str, tuple[str, ...], Callable[[Chem.Mol], str]]] = {
+    "rings": (
+        "How many rings does this molecule have?",
+        ("none", "one", "two", "three or more"),
+        lambda m: _count_words(rdMolDescriptors.CalcNumRings(m)),
+    ),
+    "aromatic_rings": (
+        "How many aromatic rings does it have?",
+        ("none", "one", "two", "three or more"),
+        lambda m: _count_words(rdMolDescriptors.CalcNumAromaticRings(m)),
+    ),
+    "size": (
+        "How many heavy atoms does it have?",
+        ("fewer than 12", "12 to 19", "20 or more"),
+        lambda m: _size(m.GetNumHeavyAtoms()),
+    ),
+    "nitrogen": ("Does it contain nitrogen?", ("yes", "no"), lambda m: _yes(any(a.GetAtomicNum() == 7 for a in m.GetAtoms()))),
+    "halogen": ("Does it contain a halogen?", ("yes", "no"), lambda m: _yes(m.HasSubstructMatch(_HALOGEN))),
+    "hydroxyl": ("Does it have a hydroxyl group?", ("yes", "no"), lambda m: _yes(m.HasSubstructMatch(_HYDROXYL))),
+    "acid": ("Does it have a carboxylic acid group?", ("yes", "no"), lambda m: _yes(m.HasSubstructMatch(_ACID))),
+}
+
+#: Records per question per split (divided evenly among its answers).
+RECORDS_PER_QUESTION = {"train": 300, "val": 20, "test": 48}
+
+
+def load_molecules(source: Path = SOURCE) -> list[tuple[str, str, Chem.Mol]]:
+    """``(smiles as written, canonical smiles, mol)`` for each usable, distinct molecule in ``source``."""
+    if not source.is_file():
+        raise DataError(f"molecule demo: RDKit's bundled molecule set is missing ({source})")
+    seen: set[str] = set()
+    out = []
+    block = rdBase.BlockLogs()  # a few NCI entries fail sanitisation; they are left out on purpose
+    for line in source.read_text().splitlines():
+        if not line.strip():
+            continue
+        smiles = line.split()[0]
+        if "." in smiles:  # salts and mixtures: not one molecule
+            continue
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None or not MIN_ATOMS <= mol.GetNumHeavyAtoms() <= MAX_ATOMS:
+            continue
+        canonical = Chem.MolToSmiles(mol)
+        if canonical in seen:
+            continue
+        seen.add(canonical)
+        out.append((smiles, canonical, mol))
+    del block
+    return out
+
+
+def _record(smiles: str, kind: str, answer: str) -> dict:
+    return {
+        "kind": kind,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "molecule", "smiles": smiles}, {"type": "text", "text": QUESTIONS[kind][0]}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+    }
+
+
+def split_molecules(molecules: list, seed: int) -> dict[str, list]:
+    """Shuffle deterministically and cut into train/val/test pools of distinct molecules."""
+    order = list(molecules)
+    random.Random(f"{seed}-molecule-split").shuffle(order)
+    n = len(order)
+    n_train = int(n * POOL_FRACTIONS["train"])
+    n_val = int(n * POOL_FRACTIONS["val"])
+    return {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+
+
+def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, Path]:
+    """Write ``{train,val,test}.jsonl`` under ``root``; return the paths.
+
+    ``sizes`` overrides ``RECORDS_PER_QUESTION`` (records per question kind per split).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    per_question = dict(RECORDS_PER_QUESTION, **(sizes or {}))
+    pools = split_molecules(load_molecules(), seed)
+    out: dict[str, Path] = {}
+    for split in ("train", "val", "test"):
+        rng = random.Random(f"{seed}-molecule-{split}")
+        records = []
+        for kind, (_, answers, answer_of) in QUESTIONS.items():
+            by_answer: dict[str, list[str]] = {a: [] for a in answers}
+            for smiles, _, mol in pools[split]:
+                by_answer[answer_of(mol)].append(smiles)
+            per_answer = max(1, per_question[split] // len(answers))
+            for answer in answers:
+                group = by_answer[answer]
+                if len(group) < per_answer:
+                    raise DataError(
+                        f"molecule demo: only {len(group)} {split} molecules answer {answer!r} to "
+                        f"{kind!r}, {per_answer} needed"
+                    )
+                records += [_record(s, kind, answer) for s in rng.sample(group, per_answer)]
+        rng.shuffle(records)
+        path = root / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        out[split] = path
+    return out
