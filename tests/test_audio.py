@@ -383,5 +383,6 @@ def test_demo_builder_is_deterministic(tmp_path):
         assert info.samplerate == 16000 and info.channels == 1 and info.duration <= 2.0
     assert sorted(kinds["count"]) == sorted(["one", "two", "three"] * 4)  # 12 clips: exactly balanced
     assert sorted(kinds["loudness"]) == ["loud"] * 6 + ["quiet"] * 6
-    assert set(kinds["pitch"]) <= {"high", "low"} and set(kinds["contour"]) <= {"rising", "falling"}
+    styles = kinds["pitch"] + kinds["contour"]
+    assert sorted(styles) == ["falling"] * 3 + ["high"] * 3 + ["low"] * 3 + ["rising"] * 3
     mod.prepare(tmp_path / "a" / records[0]["messages"][0]["content"][0]["path"], "demo clip")

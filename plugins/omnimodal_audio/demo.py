@@ -3,13 +3,12 @@
 Each clip (16 kHz mono WAV, at most 2 s) holds one to three beeps of one style: steady tones,
 all high or all low, or glides, all rising or all falling; the whole clip is loud or quiet.
 Every clip gives three questions: how many beeps, loud or quiet, and either the pitch (steady
-clips) or the contour (glides). Each split is balanced: every combination of answers occurs
-equally often (up to rounding), so the blind baseline is 1/3 on counts and 1/2 elsewhere.
+clips) or the contour (glides). Each split is balanced: every answer of every question occurs
+equally often (within one), so the blind baseline is 1/3 on counts and 1/2 elsewhere.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
@@ -81,24 +80,32 @@ def _record(clip_path: str, kind: str, answer: str) -> dict:
     }
 
 
+def _plan(rng: random.Random, n: int) -> list[tuple[int, tuple[str, str], str]]:
+    """Facts of ``n`` clips: each answer of each question within one of equally often.
+
+    Clip ``i`` takes count ``i % 3``, style ``i % 4`` and loudness ``(i + i // 4) % 2`` of
+    shuffled value lists: the 24 combinations repeat every 24 clips and every prefix is balanced.
+    """
+    counts, styles, levels = list(COUNT_WORDS), list(STYLES), ["loud", "quiet"]
+    for values in (counts, styles, levels):
+        rng.shuffle(values)
+    plan = [(counts[i % 3], styles[i % 4], levels[(i + i // 4) % 2]) for i in range(n)]
+    rng.shuffle(plan)
+    return plan
+
+
 def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, Path]:
     """Write WAV clips and ``{train,val,test}.jsonl`` under ``root``; return the JSONL paths."""
     import soundfile as sf
 
     root = Path(root)
     sizes = sizes or SPLITS
-    combos = list(itertools.product(COUNT_WORDS, STYLES, ("loud", "quiet")))
     out: dict[str, Path] = {}
     for split_index, (split, n) in enumerate(sorted(sizes.items())):
         rng = random.Random(f"{seed}-{split_index}-{split}")
-        plan = []
-        while len(plan) < n:  # every combination equally often, in a shuffled order
-            block = combos[:]
-            rng.shuffle(block)
-            plan.extend(block)
         (root / "clips" / split).mkdir(parents=True, exist_ok=True)
         records = []
-        for i, (count, (kind, value), loudness) in enumerate(plan[:n]):
+        for i, (count, (kind, value), loudness) in enumerate(_plan(rng, n)):
             rel = f"clips/{split}/{i:05d}.wav"
             sf.write(root / rel, make_clip(rng, count, kind, value, loudness), SAMPLE_RATE, subtype="PCM_16")
             records.append(_record(rel, "count", COUNT_WORDS[count]))
