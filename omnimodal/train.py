@@ -20,6 +20,22 @@ from omnimodal.builtin import core_config_dir
 log = logging.getLogger("omnimodal.train")
 
 
+def register_search_path_plugin() -> None:
+    """Make sure Hydra knows omnimodal's SearchPathPlugin.
+
+    Hydra discovers plugins by scanning the ``hydra_plugins`` namespace package, which an
+    editable install may hide; registering the class explicitly is idempotent.
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.omnimodal_searchpath import OmnimodalSearchPathPlugin
+
+    Plugins.instance().register(OmnimodalSearchPathPlugin)
+
+
+register_search_path_plugin()
+
+
 def run_dir() -> Path:
     """The Hydra run directory (or the cwd when Hydra is not running)."""
     from hydra.core.hydra_config import HydraConfig
@@ -74,6 +90,7 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         texts_records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport())
         texts = [question_text(r) for r in texts_records] + [answer_text(r) for r in texts_records]
         model = OmniModel.from_config(model_cfg, texts=texts)
+    model.extra["data"] = {split: [str(Path(f).resolve()) for f in fs] for split, fs in files.items()}
     dm = OmniDataModule(cfg["data"], files, model.tokenizer, model.modalities, model.placeholder_ids)
     module = OmniLightningModule(model, cfg["stage"], cfg["modalities"])
     n_params = sum(p.numel() for p in model.parameters())

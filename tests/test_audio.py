@@ -171,6 +171,7 @@ def test_api_and_data_parts(tmp_path):
         (b"RIFF this is not audio at all", "not a readable audio"),
         (b"", "empty"),
         ({"array": np.zeros(0, np.float32), "sample_rate": 16000}, "empty"),
+        ({"array": np.zeros((0, 100), np.float32), "sample_rate": 16000}, "empty"),
         ({"array": np.array([0.0, np.nan, 0.1]), "sample_rate": 16000}, "NaN or infinite"),
         ((np.array([0.0, np.inf]), 16000), "NaN or infinite"),
         (np.zeros(100, np.float32), "needs its sample rate"),
@@ -195,6 +196,10 @@ def test_bad_file_on_disk(tmp_path):
     path.write_text("hello")
     with pytest.raises(MediaError, match="fake.wav: not a readable audio file"):
         make_audio().load(path, "fake.wav")
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(MediaError, match="empty.wav: the audio clip is empty"):
+        make_audio().load(empty, "empty.wav")
 
 
 # ---- features, token counts, masks -----------------------------------------------------
@@ -271,11 +276,10 @@ def test_learned_positions_and_gradients():
 # ---- Whisper (offline, tiny) -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory) -> Path:
+def save_tiny_whisper(path: Path) -> Path:
+    """A tiny random Whisper (d_model 32, 2 layers, 2 s window) and its extractor, saved to ``path``."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-    path = tmp_path_factory.mktemp("tiny-whisper")
     config = WhisperConfig(
         vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
@@ -287,6 +291,11 @@ def tiny_whisper(tmp_path_factory) -> Path:
     # a 2 s window: 200 mel frames = max_source_positions * 2
     WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, hop_length=160, chunk_length=2).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory) -> Path:
+    return save_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
 
 
 def make_whisper(path: Path, **extra):

@@ -120,7 +120,7 @@ class AudioModality(Modality):
     def load(self, raw: Any, source: str) -> torch.Tensor:
         """Return a mono float32 waveform ``[samples]`` at :attr:`sample_rate`, cut to the maximum length."""
         wave, rate = self._decode(raw, source)  # [channels, samples] float32
-        if wave.shape[-1] == 0:
+        if wave.size == 0:
             raise MediaError(f"{source}: the audio clip is empty (zero samples)")
         if not np.isfinite(wave).all():
             raise MediaError(f"{source}: the audio holds NaN or infinite samples")
@@ -330,7 +330,7 @@ def _array_to_wave(array: Any, source: str) -> np.ndarray:
         channels, samples = arr.shape
         if channels > MAX_CHANNELS:
             hint = (
-                f" It looks like [samples, channels]: transpose it to [channels, samples]."
+                " It looks like [samples, channels]: transpose it to [channels, samples]."
                 if samples <= MAX_CHANNELS
                 else ""
             )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import logging
+import re
 import threading
 from pathlib import Path
 
@@ -138,7 +138,7 @@ def mol_from_file(path: Path, source: str) -> Chem.Mol:
     records = [r for r in re.split(r"^\$\$\$\$\s*$", text, flags=re.M) if r.strip()]
     if len(records) > 1:
         raise MediaError(f"{source}: {path} holds {len(records)} molecules; a molecule item takes exactly one")
-    return mol_from_molblock(records[0], f"{source} ({path})")
+    return mol_from_molblock(records[0], f"{source}: {path}")
 
 
 def to_smiles(mol: Chem.Mol) -> str:

@@ -1,0 +1,119 @@
+"""Vision plugin: loading from every source, resizing, HF towers loaded offline from a local dir."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omnimodal.errors import ConfigError, MediaError
+from omnimodal.plugins import get_registry
+from omnimodal.specs import import_object
+
+from .conftest import tiny_vision_cfg
+
+
+def vision(cfg=None):
+    spec = get_registry().modality("vision")
+    return import_object(spec.impl)(spec, cfg or tiny_vision_cfg())
+
+
+def test_load_from_path_bytes_pil_and_array(tmp_path):
+    mod = vision()
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[..., 0] = 255
+    for raw in (tmp_path / "a.png", str(tmp_path / "a.png"), buf.getvalue(), img, arr, arr.astype(np.float32) / 255):
+        item = mod.prepare(raw, "t")
+        px = item.features["pixel_values"]
+        assert px.shape == (3, 64, 64)
+        assert px[0].mean() > 0.9 and px[1].mean() < -0.9  # red, normalised to [-1, 1]
+        assert item.num_tokens == 16
+
+
+def test_pad_to_square_uses_the_mean_colour():
+    mod = vision({**tiny_vision_cfg(), "resize": "pad"})
+    img = Image.new("RGB", (64, 32), (200, 100, 0))
+    px = mod.prepare(img, "t").features["pixel_values"]
+    # Padding has the image's mean colour, so the whole square is that colour.
+    assert torch.allclose(px[:, 0, 0], px[:, 32, 32], atol=0.02)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"", "empty image bytes"),
+        (b"GIF89a-garbage", "not a readable image"),
+        (np.zeros((4, 4)), r"HxWx3 \(RGB\)"),
+        (np.full((4, 4, 3), np.nan), "NaN"),
+        (12, "cannot load an image from int"),
+    ],
+)
+def test_bad_images_name_the_item(raw, reason):
+    with pytest.raises(MediaError, match=rf"item-7: .*{reason}|item-7: {reason}"):
+        vision().prepare(raw, "item-7")
+
+
+def _save_tower(tmp_path, kind):
+    import transformers
+
+    if kind == "clip":
+        cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8)
+        model = transformers.CLIPVisionModel(cfg)
+        proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        cfg = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8)
+        model = transformers.SiglipVisionModel(cfg)
+        proc = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+    path = tmp_path / kind
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path, model
+
+
+@pytest.mark.parametrize("kind, features, expected_len", [("clip", "patch", 16), ("clip", "cls_patch", 17), ("siglip", "patch", 16)])
+def test_hf_tower_loads_from_local_dir_with_feature_layer(tmp_path, kind, features, expected_len):
+    path, reference = _save_tower(tmp_path, kind)
+    cfg = {**tiny_vision_cfg(), "encoder": {"kind": "hf", "path": str(path), "feature_layer": -2, "features": features}}
+    mod = vision(cfg)
+    encoder = mod.build_encoder().eval()
+    item = mod.prepare(Image.new("RGB", (50, 40), (0, 128, 255)), "t")
+    assert item.length == expected_len and item.num_tokens == expected_len
+    feats, mask = encoder(**mod.collate([item.features]))
+    assert feats.shape == (1, expected_len, 32) and mask.all()
+    with torch.no_grad():
+        hidden = reference.eval()(pixel_values=item.features["pixel_values"][None], output_hidden_states=True).hidden_states[-2]
+    start = 1 if (kind == "clip" and features == "patch") else 0
+    assert torch.allclose(feats, hidden[:, start:], atol=1e-5)
+
+
+def test_saved_model_with_hf_tower_reloads_without_the_original_path(tmp_path, vision_demo):
+    import shutil
+
+    from omnimodal.model import OmniModel
+
+    from .conftest import texts_of, tiny_decoder_cfg
+
+    path, _ = _save_tower(tmp_path, "clip")
+    cfg = {"decoder": tiny_decoder_cfg(), "modalities": {"vision": {**tiny_vision_cfg(), "encoder": {"kind": "hf", "path": str(path), "feature_layer": -1, "features": "patch"}}}}
+    model = OmniModel.from_config(cfg, texts=texts_of([vision_demo["train"]])).eval()
+    model.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(path)  # the original tower is gone: the saved dir must be enough
+    loaded = OmniModel.from_pretrained(tmp_path / "saved")
+    img = Image.new("RGB", (32, 32), (10, 200, 30))
+    a = model.modalities["vision"].prepare(img, "t").features["pixel_values"]
+    b = loaded.modalities["vision"].prepare(img, "t").features["pixel_values"]
+    assert torch.equal(a, b)  # same processor
+    fa, _ = model.encode_media("vision", {"pixel_values": a[None]})
+    fb, _ = loaded.encode_media("vision", {"pixel_values": b[None]})
+    assert torch.allclose(fa, fb)
+
+
+def test_bad_tower_path_is_a_config_error(tmp_path):
+    cfg = {**tiny_vision_cfg(), "encoder": {"kind": "hf", "path": str(tmp_path / "missing")}}
+    with pytest.raises(ConfigError, match="cannot read a model config"):
+        vision(cfg).build_encoder()
