@@ -29,10 +29,10 @@ def main() -> None:
 
     from omnimodal.builtin import core_config_dir
     from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.records import SkipReport
     from omnimodal.model import OmniModel, build_modalities
     from omnimodal.train import register_search_path_plugin, resolve_files
     from omnimodal.training.datamodule import OmniDataModule, read_split
-    from omnimodal.data.records import SkipReport
     from omnimodal.training.module import apply_stage, parameter_groups
 
     register_search_path_plugin()

@@ -14,6 +14,7 @@ commands:
   train [overrides]   train with Hydra overrides (no overrides: the offline demo)
   eval RUN|MODEL      evaluate a saved run or model dir on a test file
   plugins             list installed plugins, their modalities and projectors
+  export              write a saved model as a Hugging Face Llava dir (or re-save it)
 """
 
 
@@ -127,6 +128,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a saved model (or a run dir holding ``model/``) as ``--format`` to ``--output``."""
+    from omnimodal.export import export
+
+    out = export(args.model, args.format, args.output)
+    print(f"wrote {args.format} model to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnimodal", usage=USAGE, description="Any-modality LLMs in the LLaVA family.")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -141,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--output", help="write the table as JSON here")
     p.add_argument("--json", action="store_true", help="also print the table as JSON")
+    p = sub.add_parser("export", help="export a saved run or model dir (llava: a transformers LlavaForConditionalGeneration dir)")
+    p.add_argument("--model", required=True, help="a run dir (with model/) or a model dir")
+    p.add_argument("--format", choices=["llava", "omnimodal"], default="llava")
+    p.add_argument("--output", required=True, help="directory to write")
     return parser
 
 
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"plugins": cmd_plugins, "eval": cmd_eval}[args.command](args)
+        return {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}[args.command](args)
     except OmnimodalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

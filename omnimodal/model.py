@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnimodal.decoder import add_placeholders, build_decoder, decoder_from_config, load_tokenizer, train_bpe_tokenizer
+from omnimodal.decoder import (
+    add_placeholders,
+    build_decoder,
+    decoder_from_config,
+    load_tokenizer,
+    train_bpe_tokenizer,
+)
 from omnimodal.errors import ConfigError, PluginError, SpliceError
 from omnimodal.modality import Modality
 from omnimodal.projectors import build_projector
@@ -45,6 +51,16 @@ def build_modalities(cfg: dict[str, dict[str, Any]]) -> dict[str, Modality]:
     return out
 
 
+def build_tokenizer(decoder_cfg: dict[str, Any], texts: list[str] | None = None):
+    """A scratch decoder's BPE tokenizer (trained on ``texts``) or a pretrained one by path."""
+    if decoder_cfg.get("kind") == "scratch":
+        if not texts:
+            raise ConfigError("a scratch decoder needs training texts to build its tokenizer")
+        tcfg = decoder_cfg.get("tokenizer") or {}
+        return train_bpe_tokenizer(texts, int(tcfg.get("vocab_size", 600)))
+    return load_tokenizer(decoder_cfg.get("path"), decoder_cfg.get("chat_template", "default"))
+
+
 class OmniModel(nn.Module):
     """Encoders + projectors per modality, spliced into one causal LM's input embeddings."""
 
@@ -63,19 +79,15 @@ class OmniModel(nn.Module):
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], tokenizer=None, texts: list[str] | None = None) -> OmniModel:
+    def from_config(cls, cfg: dict[str, Any], tokenizer=None, texts: list[str] | None = None, modalities: dict[str, Modality] | None = None) -> OmniModel:
         """Build from ``{"decoder": ..., "modalities": {...}}``; a scratch decoder's tokenizer is
-        trained on ``texts`` unless given."""
+        trained on ``texts`` unless given. Pre-built ``modalities`` are reused (data workers and
+        model then share one preprocessing setup)."""
         dcfg = dict(cfg["decoder"])
-        modalities = build_modalities(cfg.get("modalities") or {})
+        if modalities is None:
+            modalities = build_modalities(cfg.get("modalities") or {})
         if tokenizer is None:
-            if dcfg.get("kind") == "scratch":
-                if not texts:
-                    raise ConfigError("a scratch decoder needs training texts to build its tokenizer")
-                tcfg = dcfg.get("tokenizer") or {}
-                tokenizer = train_bpe_tokenizer(texts, int(tcfg.get("vocab_size", 600)))
-            else:
-                tokenizer = load_tokenizer(dcfg.get("path"), dcfg.get("chat_template", "default"))
+            tokenizer = build_tokenizer(dcfg, texts)
         add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
         decoder = build_decoder(dcfg, tokenizer)
         d_model = decoder.config.hidden_size
@@ -138,6 +150,33 @@ class OmniModel(nn.Module):
         kwargs.setdefault("do_sample", False)
         return self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
+    # ---- LoRA ------------------------------------------------------------------------------
+    @property
+    def has_lora(self) -> bool:
+        """Whether the decoder carries PEFT LoRA adapters."""
+        return hasattr(self.decoder, "peft_config")
+
+    def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: list[str] | str = "all-linear") -> None:
+        """Wrap the decoder with PEFT LoRA adapters (only the adapters train in the decoder)."""
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+        try:
+            self.decoder = get_peft_model(self.decoder, config)
+        except ValueError as exc:
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in self.decoder.named_modules() if isinstance(m, nn.Linear)})
+            raise ConfigError(f"stage.lora.target_modules={target_modules!r} matches nothing usable in the decoder ({exc}). Linear layers there: {', '.join(names)}.") from exc
+        self.extra["lora"] = {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": target_modules}
+
+    def _plain_decoder(self, lora: str):
+        """The decoder to write as ``decoder.*`` weights: LoRA merged in, or the base without it."""
+        import copy
+
+        if not self.has_lora:
+            return self.decoder
+        clone = copy.deepcopy(self.decoder)
+        return clone.merge_and_unload() if lora == "merge" else clone.unload()
+
     # ---- freezing ----------------------------------------------------------------------
     def set_trainable(self, component: str, trainable: bool) -> None:
         """Freeze or unfreeze ``decoder``, ``encoders.<m>`` or ``projectors.<m>``."""
@@ -157,8 +196,14 @@ class OmniModel(nn.Module):
         return self
 
     # ---- saving and loading --------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config, safetensors weights, tokenizer and modality assets to ``directory``."""
+    def save_pretrained(self, directory: str | Path, lora: str = "merge") -> Path:
+        """Write config, safetensors weights, tokenizer and modality assets to ``directory``.
+
+        With LoRA adapters, ``lora="merge"`` folds them into the decoder weights;
+        ``lora="separate"`` writes the base weights plus the adapters alone under ``adapter/``.
+        """
+        if lora not in ("merge", "separate"):
+            raise ConfigError(f"lora must be 'merge' or 'separate', got {lora!r}")
         from safetensors.torch import save_model
 
         from omnimodal.plugins import get_registry
@@ -185,8 +230,17 @@ class OmniModel(nn.Module):
             "placeholders": {name: m.placeholder for name, m in self.modalities.items()},
             "extra": self.extra,
         }
+        if self.has_lora and lora == "separate":
+            self.decoder.save_pretrained(directory / "adapter")
+            config["adapter"] = "adapter"
+        plain = self._plain_decoder(lora)
+        config["decoder"]["hf_config"] = plain.config.to_dict()
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
-        save_model(self, str(directory / WEIGHTS_NAME))
+        live, self.decoder = self.decoder, plain
+        try:
+            _atomic(directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp)))
+        finally:
+            self.decoder = live
         self.tokenizer.save_pretrained(directory)
         return directory
 
@@ -233,7 +287,20 @@ class OmniModel(nn.Module):
             raise ConfigError(f"{directory / WEIGHTS_NAME}: cannot read weights ({exc})") from exc
         if missing or unexpected:
             raise ConfigError(f"{directory / WEIGHTS_NAME}: weights do not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        if config.get("adapter"):
+            from peft import PeftModel
+
+            model.decoder = PeftModel.from_pretrained(model.decoder, directory / config["adapter"])
         return model.eval()
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a kill mid-write never leaves a bad file."""
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _projector_cfg(modality: Modality) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,43 @@ def resolve_files(cfg: dict[str, Any]) -> dict[str, list[Path]]:
     return prepare_demo(list(cfg["modalities"]), data["demo_root"], int(cfg.get("seed", 0)))
 
 
+def model_signature(cfg: dict[str, Any]) -> dict[str, str]:
+    """What must not change between a checkpoint and its resumption (as comparable strings)."""
+    sig = {"decoder": json.dumps(cfg["decoder"], sort_keys=True), "lora": json.dumps(cfg["stage"].get("lora"), sort_keys=True)}
+    for name, mcfg in sorted(cfg["modalities"].items()):
+        sig[f"modalities.{name}"] = json.dumps({k: mcfg.get(k) for k in ("encoder", "projector")}, sort_keys=True)
+    return sig
+
+
+def load_init(cfg: dict[str, Any]):
+    """Load ``init_from`` (a model dir or a run dir holding ``model/``) and check it fits the run."""
+    from omnimodal.errors import ConfigError
+    from omnimodal.model import CONFIG_NAME, OmniModel
+
+    path = Path(cfg["init_from"]).expanduser()
+    if (path / "model" / CONFIG_NAME).is_file():
+        path = path / "model"
+    if not (path / CONFIG_NAME).is_file():
+        raise ConfigError(f"init_from={cfg['init_from']!r}: no saved model there (expected {CONFIG_NAME} in it or in its model/)")
+    model = OmniModel.from_pretrained(path)
+    want, have = set(cfg["modalities"]), set(model.modalities)
+    if want != have:
+        raise ConfigError(f"init_from={path}: the model has modalities {sorted(have)} but this run selects {sorted(want)}")
+    for name, modality in model.modalities.items():
+        for part in ("encoder", "projector"):
+            saved = {k: v for k, v in (modality.cfg.get(part) or {}).items() if not k.startswith("_") and k != "hf_config"}
+            current = {k: v for k, v in (cfg["modalities"][name].get(part) or {}).items() if not k.startswith("_")}
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            if diff:
+                raise ConfigError(f"init_from={path}: modalities.{name}.{part} differs from the saved model in {diff} (saved {[saved.get(k) for k in diff]}, run {[current.get(k) for k in diff]})")
+    saved_dec = model.decoder_cfg
+    keys = [k for k in cfg["decoder"] if k not in ("tokenizer", "chat_template") and k in saved_dec]
+    diff = [k for k in keys if saved_dec.get(k) != cfg["decoder"].get(k)]
+    if diff:
+        raise ConfigError(f"init_from={path}: decoder.{diff[0]} is {saved_dec.get(diff[0])!r} in the saved model but {cfg['decoder'].get(diff[0])!r} in this run")
+    return model
+
+
 def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Train, evaluate and save one run described by the plain-dict config ``cfg``."""
     import lightning as L
@@ -64,59 +102,91 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.records import SkipReport
+    from omnimodal.decoder import add_placeholders
+    from omnimodal.errors import ConfigError
     from omnimodal.evaluate import blind_baseline, evaluate, format_table
-    from omnimodal.model import OmniModel
-    from omnimodal.training.datamodule import OmniDataModule
-    from omnimodal.training.module import OmniLightningModule
+    from omnimodal.model import OmniModel, build_modalities, build_tokenizer
+    from omnimodal.training.checkpoint import AtomicCheckpointIO
+    from omnimodal.training.datamodule import OmniDataModule, read_split
+    from omnimodal.training.module import OmniLightningModule, parameter_table
+    from omnimodal.training.plot import plot_losses
     from omnimodal.training.throughput import ThroughputLogger
 
     t0 = time.time()
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
     if not cfg.get("modalities"):
-        from omnimodal.errors import ConfigError
-
         raise ConfigError("no modalities selected: use modalities=[vision,...]")
     files = resolve_files(cfg)
     model_cfg = {"decoder": cfg["decoder"], "modalities": cfg["modalities"]}
+    grad_ckpt = bool(cfg["decoder"].get("gradient_checkpointing", False))
     if cfg.get("init_from"):
-        model = OmniModel.from_pretrained(cfg["init_from"])
+        model = load_init(cfg)
+        tokenizer, modalities = model.tokenizer, model.modalities
+        build = model
     else:
-        # The scratch tokenizer is trained on the training text; read it once here.
-        from omnimodal.model import build_modalities
-        from omnimodal.training.datamodule import read_split
-        from omnimodal.data.records import SkipReport
+        modalities = build_modalities(cfg["modalities"])
+        texts = None
+        if cfg["decoder"].get("kind") == "scratch":
+            # The scratch tokenizer is trained on the training text (deterministic, so every rank agrees).
+            part_types = {m.part_type: n for n, m in modalities.items()}
+            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport())
+            texts = [question_text(r) for r in records] + [answer_text(r) for r in records]
+        tokenizer = build_tokenizer(cfg["decoder"], texts)
 
-        part_types = {m.part_type: n for n, m in build_modalities(cfg["modalities"]).items()}
-        texts_records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport())
-        texts = [question_text(r) for r in texts_records] + [answer_text(r) for r in texts_records]
-        model = OmniModel.from_config(model_cfg, texts=texts)
-    model.extra["data"] = {split: [str(Path(f).resolve()) for f in fs] for split, fs in files.items()}
-    dm = OmniDataModule(cfg["data"], files, model.tokenizer, model.modalities, model.placeholder_ids)
-    module = OmniLightningModule(model, cfg["stage"], cfg["modalities"])
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %.2fM parameters (%.2fM trainable)", n_params / 1e6, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+        def build() -> OmniModel:
+            return OmniModel.from_config(model_cfg, tokenizer=tokenizer, modalities=modalities)
 
-    trainer_cfg = dict(cfg["trainer"])
+    placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
+    dm = OmniDataModule(cfg["data"], files, tokenizer, modalities, placeholder_ids)
+    module = OmniLightningModule(build, cfg["stage"], cfg["modalities"], model_signature(cfg))
+
+    class StartReport(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            if grad_ckpt:
+                pl_module.model.decoder.gradient_checkpointing_enable()
+            pl_module.model.extra["data"] = {split: [str(Path(f).resolve()) for f in fs] for split, fs in files.items()}
+            if trainer.is_global_zero:
+                print("\n" + parameter_table(pl_module.model, cfg["stage"]) + "\n", flush=True)
+
+    ckpt_cfg = cfg.get("checkpoint") or {}
     callbacks = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1, monitor="val/loss" if files.get("val") else None),
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1 if files.get("val") else 0,
+                        monitor="val/loss" if files.get("val") else None,
+                        every_n_train_steps=ckpt_cfg.get("every_n_train_steps")),
         LearningRateMonitor(logging_interval="step"),
         ThroughputLogger(),
+        StartReport(),
     ]
     loggers = [L.pytorch.loggers.CSVLogger(out_dir, name="logs", version="")]
-    trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, **trainer_cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-    result: dict[str, Any] = {"train_seconds": time.time() - t0}
+    try:
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(out_dir, name="tensorboard", version=""))
+    except ModuleNotFoundError:
+        log.info("tensorboard not installed: CSV logs only")
+    trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], **dict(cfg["trainer"]))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last: no {last}; resume in the killed run's directory (hydra.run.dir=<run dir>)")
+        ckpt_path = str(last)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    model = module.model
+    result: dict[str, Any] = {"train_seconds": time.time() - t0, "global_step": trainer.global_step}
     if trainer.global_rank != 0:
         return result
 
     records = dm.load_records()
     baseline = blind_baseline(records["train"])
     model.extra["blind_baseline"] = baseline
-    for modality in model.modalities.values():
+    for modality in modalities.values():
         if modality.counters:
             log.warning("%s: %s", modality.name, modality.counters)
     if dm.report.total:
         log.warning(dm.report.summary())
+    plot = plot_losses(out_dir / "logs" / "metrics.csv", out_dir / "loss.png")
+    if plot:
+        log.info("loss curves: %s", plot)
     if cfg.get("evaluate", True) and records.get("test"):
         model.to(torch.device("cpu"))
         table = evaluate(
@@ -129,7 +199,8 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         print("\n" + format_table(table) + "\n", flush=True)
         result["eval"] = table
     if cfg.get("save_model", True):
-        model.save_pretrained(out_dir / "model")
+        lora_mode = cfg.get("save_lora", "merge")
+        model.save_pretrained(out_dir / "model", lora=lora_mode)
         print(f"saved model to {out_dir / 'model'}", flush=True)
     result["total_seconds"] = time.time() - t0
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
@@ -140,8 +211,15 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(core_config_dir()), config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: resolve the config to plain containers, then train."""
+    from omnimodal.errors import OmnimodalError
+
     plain = OmegaConf.to_container(cfg, resolve=True)
-    train(plain, run_dir())
+    try:
+        train(plain, run_dir())
+    except OmnimodalError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

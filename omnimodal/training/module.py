@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -12,38 +13,107 @@ from omnimodal.model import OmniModel
 
 
 def apply_stage(model: OmniModel, stage: dict[str, Any], modality_cfgs: dict[str, dict[str, Any]]) -> None:
-    """Set requires_grad (and eval mode for frozen parts) per the stage and each encoder's switch."""
-    model.set_trainable("decoder", bool(stage.get("train_decoder", True)))
+    """Set requires_grad (and eval mode for frozen parts) per the stage and each encoder's switch.
+
+    A ``lora`` entry in the stage wraps the decoder with PEFT adapters: then only the adapters
+    train in the decoder.
+    """
+    lora = stage.get("lora")
+    if lora and not model.has_lora:
+        model.apply_lora(**lora)
+    model.set_trainable("decoder", bool(stage.get("train_decoder", True)) and not lora)
+    if lora:
+        for name, p in model.decoder.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+        model.frozen.discard("decoder")  # adapters train; LoRA dropout must be active
     for name in model.modalities:
         own = bool((modality_cfgs.get(name) or {}).get("train_encoder", True))
         model.set_trainable(f"encoders.{name}", bool(stage.get("train_encoders", True)) and own)
         model.set_trainable(f"projectors.{name}", bool(stage.get("train_projectors", True)))
 
 
-def parameter_groups(model: OmniModel, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters, with no weight decay on biases and norms (1-D tensors)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def component_of(param_name: str) -> str:
+    """``encoders.vision.x.y`` -> ``encoders.vision``; ``decoder.model...`` -> ``decoder``."""
+    parts = param_name.split(".")
+    return ".".join(parts[:2]) if parts[0] in ("encoders", "projectors") else parts[0]
+
+
+def component_lr(component: str, stage: dict[str, Any]) -> float:
+    """The learning rate of one component: ``<kind>_lr`` in the stage, else ``lr``."""
+    base = float(stage.get("lr", 5e-4))
+    kind = {"encoders": "encoder_lr", "projectors": "projector_lr", "decoder": "decoder_lr"}[component.split(".")[0]]
+    value = stage.get(kind)
+    return base if value is None else float(value)
+
+
+def parameter_groups(model: OmniModel, weight_decay: float, stage: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters grouped per component (own learning rate), no decay on biases and norms."""
+    stage = stage or {}
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((component_of(name), p.ndim >= 2), []).append(p)
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": component_lr(comp, stage), "name": f"{comp}{'' if decay else '/no_decay'}"}
+        for (comp, decay), ps in sorted(groups.items())
+    ]
+
+
+def parameter_table(model: OmniModel, stage: dict[str, Any]) -> str:
+    """A table of trainable vs frozen parameters (and learning rate) per component."""
+    rows: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        row = rows.setdefault(component_of(name), [0, 0])
+        row[0 if p.requires_grad else 1] += p.numel()
+    lines = [f"{'component':<24} {'trainable':>12} {'frozen':>12} {'lr':>9} {'mode':>6}", "-" * 67]
+    for comp, (train, frozen) in sorted(rows.items()):
+        lr = f"{component_lr(comp, stage):.1e}" if train else "-"
+        mode = "train" if model.get_submodule(comp).training else "eval"
+        lines.append(f"{comp:<24} {train:>12,} {frozen:>12,} {lr:>9} {mode:>6}")
+    total_t = sum(r[0] for r in rows.values())
+    total_f = sum(r[1] for r in rows.values())
+    lines.append(f"{'total':<24} {total_t:>12,} {total_f:>12,}")
+    return "\n".join(lines)
 
 
 class OmniLightningModule(L.LightningModule):
-    """Trains an :class:`OmniModel` with AdamW, warmup and cosine decay."""
+    """Trains an :class:`OmniModel` with AdamW, warmup and cosine decay.
 
-    def __init__(self, model: OmniModel, stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None):
+    Pass the model itself, or a ``build`` function: then the model is built in
+    ``configure_model`` (so strategies such as FSDP can shard a large decoder as it is made).
+    """
+
+    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None):
         super().__init__()
-        self.model = model
         self.stage = dict(stage)
-        apply_stage(model, self.stage, modality_cfgs or {})
+        self.modality_cfgs = dict(modality_cfgs or {})
+        self._build = None if isinstance(model, torch.nn.Module) else model
+        self.model = model if isinstance(model, torch.nn.Module) else None
+        if self.model is not None:
+            apply_stage(self.model, self.stage, self.modality_cfgs)
         # Plain containers only: an OmegaConf object here breaks weights_only checkpoint loading.
-        self.save_hyperparameters({"stage": self.stage}, logger=False)
+        self.save_hyperparameters({"stage": self.stage, "model_signature": model_signature or {}}, logger=False)
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self._build()
+            apply_stage(self.model, self.stage, self.modality_cfgs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume into a model whose configuration changed since the checkpoint."""
+        from omnimodal.errors import ConfigError
+
+        saved = checkpoint.get("hyper_parameters", {}).get("model_signature")
+        current = self.hparams.get("model_signature")
+        if saved and current and saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise ConfigError(f"cannot resume: the model configuration changed since the checkpoint (differs in: {', '.join(diff)})")
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.model.train(mode)  # re-applies eval() to frozen parts
+        if self.model is not None:
+            self.model.train(mode)  # re-applies eval() to frozen parts
         return self
 
     def _step(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -54,7 +124,12 @@ class OmniLightningModule(L.LightningModule):
         return loss
 
     def _touch_idle(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Zero-weight touch of modalities absent from this batch, so DDP sees every parameter used."""
+        """Zero-weight touch of modalities absent from this batch, so DDP sees every parameter used.
+
+        DDP's gradient all-reduce waits for every parameter; a modality missing from one rank's
+        batch would otherwise hang or crash it (``find_unused_parameters`` costs a graph walk
+        per step instead).
+        """
         total = torch.zeros((), device=self.device)
         for name in self.model.modalities:
             if name in batch["media"]:
@@ -69,7 +144,6 @@ class OmniLightningModule(L.LightningModule):
         loss = self._step(batch)
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -78,9 +152,8 @@ class OmniLightningModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        lr = float(self.stage.get("lr", 5e-4))
-        groups = parameter_groups(self.model, float(self.stage.get("weight_decay", 0.0)))
-        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(self.stage.get("betas", (0.9, 0.999))))
+        groups = parameter_groups(self.model, float(self.stage.get("weight_decay", 0.0)), self.stage)
+        opt = torch.optim.AdamW(groups, lr=float(self.stage.get("lr", 5e-4)), betas=tuple(self.stage.get("betas", (0.9, 0.999))))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * float(self.stage.get("warmup_ratio", 0.0)))
 

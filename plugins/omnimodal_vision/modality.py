@@ -77,8 +77,15 @@ class VisionModality(Modality):
             raise MediaError(f"{source}: image has zero size")
         return image.convert("RGB")
 
+    def image_processor(self):
+        """The pretrained tower's own image processor (loaded on first use), or None for a ViT."""
+        enc = self.cfg["encoder"]
+        if self.processor is None and enc["kind"] == "hf" and enc.get("path"):
+            self.processor = _load_processor(enc["path"])
+        return self.processor
+
     def preprocess(self, loaded: Image.Image, source: str) -> dict[str, Any]:
-        if self.processor is not None:
+        if self.image_processor() is not None:
             pixels = self.processor(images=loaded, return_tensors="pt")["pixel_values"][0]
             return {"pixel_values": pixels}
         size = int(self.cfg.get("image_size", 64))
@@ -117,8 +124,8 @@ class VisionModality(Modality):
         # Remember the architecture so a saved model rebuilds without the original path.
         self.cfg["encoder"]["hf_config"] = tower.model.config.to_dict()
         self.cfg["encoder"]["_has_cls"] = tower.has_cls
-        if self.processor is None and load_weights:
-            self.processor = _load_processor(enc["path"])
+        if load_weights:
+            self.image_processor()
         return tower
 
     def save_assets(self, directory: Path) -> None:
@@ -130,6 +137,8 @@ class VisionModality(Modality):
             from transformers import AutoImageProcessor
 
             self.processor = AutoImageProcessor.from_pretrained(directory)
+        elif self.cfg["encoder"]["kind"] == "hf":
+            raise ConfigError(f"{directory}: the saved model's image processor is missing")
 
 
 def _load_processor(path: str):

@@ -1,0 +1,37 @@
+"""A PNG of the train and validation loss curves, from Lightning's CSV log."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def plot_losses(metrics_csv: Path, out_png: Path) -> Path | None:
+    """Plot ``train/loss`` and ``val/loss`` against the step; returns the PNG path (or None)."""
+    if not metrics_csv.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[int], list[float]]] = {"train/loss": ([], []), "val/loss": ([], [])}
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            for key, (xs, ys) in series.items():
+                if row.get(key):
+                    xs.append(int(row["step"]))
+                    ys.append(float(row[key]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, (xs, ys) in series.items():
+        if xs:
+            ax.plot(xs, ys, marker="o" if key.startswith("val") else None, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
