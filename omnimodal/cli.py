@@ -15,6 +15,12 @@ commands:
   eval RUN|MODEL      evaluate a saved run or model dir on a test file
   plugins             list installed plugins, their modalities and projectors
   export              write a saved model as a Hugging Face Llava dir (or re-save it)
+  chat --model DIR [--image P] [--audio P] [--molecule SMILES] [question]
+                      answer one question (or chat on stdin without a question)
+  generate --model DIR --input q.jsonl --output a.jsonl
+                      answer a JSONL file of conversations
+  serve --model DIR [--host H] [--port P]
+                      OpenAI-compatible HTTP server (/v1/chat/completions)
 """
 
 
@@ -137,6 +143,176 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _MediaAction(argparse.Action):
+    """``--image a.png --molecule CCO --part TYPE=VALUE``: one list, in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, "media", None) or [])
+        if self.dest == "part":
+            kind, sep, value = str(values).partition("=")
+            if not sep or not kind or not value:
+                parser.error(f"--part takes TYPE=VALUE (e.g. --part molecule=CCO), got {values!r}")
+        else:
+            kind, value = self.dest, values
+        items.append((kind, value))
+        namespace.media = items
+
+
+def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+
+def _options(args: argparse.Namespace):
+    from omnimodal.inference import GenerationOptions
+
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, stop=tuple(args.stop), seed=args.seed)
+
+
+def _media_part(kind: str, value: str, modalities: dict) -> dict:
+    """A command-line media value -> a content part of the model's modality ``kind``."""
+    by_name = {m.name: m for m in modalities.values()}
+    by_part = {m.part_type: m for m in modalities.values()}
+    aliases = {"image": "vision"}
+    modality = by_part.get(kind) or by_name.get(kind) or by_name.get(aliases.get(kind, ""))
+    if modality is None:
+        valid = sorted(by_part)
+        raise ConfigError(f"this model has no modality for --{kind} (its media part types: {', '.join(valid) or 'none'})")
+    return {"type": modality.part_type, modality.part_type: value}
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """One answer to a question with media, or an interactive chat reading stdin lines."""
+    from omnimodal.inference import load
+
+    pipe = load(args.model, device=args.device)
+    options = _options(args)
+    media = [_media_part(k, v, pipe.modalities) for k, v in (args.media or [])]
+    history: list[dict] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+
+    def answer(text: str, parts: list[dict]) -> str:
+        content = [*parts, {"type": "text", "text": text}]
+        messages = [*history, {"role": "user", "content": content}]
+        pieces = []
+        for piece in pipe.stream(messages, options):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        history.extend([{"role": "user", "content": content}, {"role": "assistant", "content": "".join(pieces)}])
+        return "".join(pieces)
+
+    if args.question:
+        answer(" ".join(args.question), media)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("omnimodal chat: one message per line; /reset forgets the conversation, /exit or Ctrl-D ends.", file=sys.stderr)
+    first = True
+    while True:
+        if interactive:
+            print("> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/reset":
+            del history[1 if args.system else 0 :]
+            first = True
+            continue
+        try:
+            answer(line, media if first else [])
+        except OmnimodalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if not interactive:
+                return 2
+            continue
+        first = False
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answer each conversation of a JSONL file; write the input line plus ``answer`` per line."""
+    import json
+
+    from tqdm import tqdm
+
+    from omnimodal.data.dataset import prompt_messages
+    from omnimodal.data.records import Record
+    from omnimodal.inference import load
+
+    pipe = load(args.model, device=args.device)
+    options = _options(args)
+    src = Path(args.input)
+    if not src.is_file():
+        raise ConfigError(f"input file not found: {src}")
+    rows: list[tuple[str, dict]] = []
+    with src.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{src}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict) or "messages" not in obj:
+                raise ConfigError(f"{where}: a record must be an object with 'messages'")
+            rows.append((where, obj))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with out.open("w", encoding="utf-8") as f, tqdm(total=len(rows), desc="generate", unit="conv", disable=args.quiet) as bar:
+        for start in range(0, len(rows), args.batch_size):
+            chunk = rows[start : start + args.batch_size]
+            prompts, results = [], {}
+            for k, (where, obj) in enumerate(chunk):
+                try:
+                    msgs = obj["messages"]
+                    if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+                        msgs = prompt_messages(Record(msgs, where))  # a training record: ask its last question
+                    prompts.append((k, pipe.prepare(msgs, src.parent, where)))
+                except OmnimodalError as exc:
+                    if not args.skip_errors:
+                        raise
+                    results[k] = {"error": str(exc)}
+                    failed += 1
+            if prompts:
+                for (k, _), done in zip(prompts, pipe.generate_prompts([p for _, p in prompts], options)):
+                    results[k] = {"answer": done.text, "finish_reason": done.finish_reason}
+            for k, (_, obj) in enumerate(chunk):
+                f.write(json.dumps({**obj, **results[k]}, ensure_ascii=False) + "\n")
+            bar.update(len(chunk))
+    print(f"wrote {len(rows)} answer(s) to {out}" + (f" ({failed} failed, see their 'error')" if failed else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API (FastAPI + uvicorn)."""
+    from omnimodal.inference import load, resolve_model_dir
+    from omnimodal.serving.app import ServerSettings, serve
+
+    model_dir = resolve_model_dir(args.model)
+    pipe = load(model_dir, device=args.device)
+    name = args.served_model_name or Path(args.model).resolve().name
+    settings = ServerSettings(
+        model_name=name, max_request_bytes=args.max_request_bytes, max_media_items=args.max_media_items,
+        max_tokens=args.max_tokens, default_max_tokens=min(args.default_max_tokens, args.max_tokens),
+        allow_remote_media=args.allow_remote_media, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: reachable from other machines, with no authentication", file=sys.stderr)
+    print(f"serving {model_dir} as {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    serve(pipe, settings, args.host, args.port, args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnimodal", usage=USAGE, description="Any-modality LLMs in the LLaVA family.")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -155,7 +331,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a run dir (with model/) or a model dir")
     p.add_argument("--format", choices=["llava", "omnimodal"], default="llava")
     p.add_argument("--output", required=True, help="directory to write")
+    _add_inference_parsers(sub)
     return parser
+
+
+def _add_inference_parsers(sub) -> None:
+    """The ``chat``, ``generate`` and ``serve`` subcommands."""
+    p = sub.add_parser("chat", help="ask a saved model about media (one question, or interactive)")
+    p.add_argument("--model", required=True, help="a model dir or a run dir holding model/")
+    for kind, what in (("image", "image file"), ("audio", "audio file"), ("molecule", "SMILES or .mol/.sdf file")):
+        p.add_argument(f"--{kind}", action=_MediaAction, metavar="VALUE", help=f"{what} (repeatable; order kept)")
+    p.add_argument("--part", action=_MediaAction, metavar="TYPE=VALUE", help="any modality's part, e.g. --part molecule=CCO")
+    p.add_argument("--system", help="a system message")
+    _generation_args(p, 128)
+    p.add_argument("question", nargs="*", help="the question; without it, read one message per stdin line")
+
+    p = sub.add_parser("generate", help="answer a JSONL file of conversations")
+    p.add_argument("--model", required=True, help="a model dir or a run dir holding model/")
+    p.add_argument("--input", required=True, help="JSONL conversations (training format; a final assistant turn is ignored)")
+    p.add_argument("--output", required=True, help="JSONL: each input line plus 'answer' and 'finish_reason'")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--skip-errors", action="store_true", help="write {'error': ...} for a bad line instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _generation_args(p, 64)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    p.add_argument("--model", required=True, help="a model dir or a run dir holding model/")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", help="the model id clients send (default: the directory's name)")
+    p.add_argument("--max-request-bytes", type=int, default=20 * 2**20, help="larger bodies get 413")
+    p.add_argument("--max-media-items", type=int, default=8, help="media parts per request")
+    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=128, help="max_tokens when a request gives none")
+    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs (refused by default)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="queued requests generated together")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 503")
+    p.add_argument("--device", default=None)
+    p.add_argument("--log-level", default="info")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}[args.command](args)
+        commands = {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}
+        commands.update(chat=cmd_chat, generate=cmd_generate, serve=cmd_serve)
+        return commands[args.command](args)
     except OmnimodalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

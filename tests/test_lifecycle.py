@@ -1,0 +1,163 @@
+"""Training lifecycle: exact resume after SIGKILL, stage chaining, LoRA save/merge, bad inputs."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omnimodal.errors import ConfigError
+from omnimodal.model import OmniModel
+
+from .conftest import PYTHON, cli_env
+from .test_training import TINY
+
+
+def data_overrides(vision_demo, val=False):
+    out = [f"data.train={vision_demo['train']}", f"data.test={vision_demo['test']}"]
+    if val:
+        out.append(f"data.val={vision_demo['val']}")
+    return out
+
+
+def train_cmd(run, *extra):
+    return [PYTHON, "-m", "omnimodal.cli", "train", *TINY, f"hydra.run.dir={run}", *extra]
+
+
+def run_train(run, *extra, check=True, timeout=300):
+    out = subprocess.run(train_cmd(run, *extra), capture_output=True, text=True, timeout=timeout, env=cli_env())
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+RESUME = ["trainer.max_steps=30", "trainer.max_epochs=100", "trainer.deterministic=true", "checkpoint.every_n_train_steps=3", "evaluate=false", "stage.warmup_ratio=0.2"]
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path, vision_demo):
+    data = data_overrides(vision_demo)
+    run_train(tmp_path / "straight", *data, *RESUME)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(killed, *data, *RESUME), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                step = torch.load(last, weights_only=True, map_location="cpu")["global_step"]
+            except Exception:  # noqa: BLE001 - being replaced right now
+                step = 0
+            if step >= 6:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 6 <= step < 30, f"could not kill the run mid-way (checkpoint step {step})"
+    assert not (killed / "model").exists()  # it really died before the end
+
+    out = run_train(killed, *data, *RESUME, "ckpt_path=last")
+    assert "Restoring states from the checkpoint" in out.stdout + out.stderr or "Restored all states" in out.stdout + out.stderr
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(killed / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+
+
+@pytest.mark.slow
+def test_resume_with_changed_model_config_is_refused(tmp_path, vision_demo):
+    data = data_overrides(vision_demo)
+    run = tmp_path / "r"
+    run_train(run, *data, "trainer.max_steps=2", "evaluate=false", "save_model=false")
+    out = run_train(run, *data, "trainer.max_steps=4", "evaluate=false", "ckpt_path=last", "modalities.vision.encoder.depth=2", check=False)
+    assert out.returncode != 0
+    assert "model configuration changed since the checkpoint" in out.stderr + out.stdout
+    assert "modalities.vision" in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_stage_chaining_and_lora(tmp_path, vision_demo):
+    data = data_overrides(vision_demo)
+    align = tmp_path / "align"
+    run_train(align, *data, "stage=align", "trainer.max_steps=3", "evaluate=false")
+    lora = tmp_path / "lora"
+    out = run_train(lora, *data, "stage=lora", f"init_from={align}", "trainer.max_steps=3", "evaluate=false", "save_lora=separate")
+    table = out.stdout
+    assert "decoder" in table and "trainable" in table and "frozen" in table
+    # The align run's weights were the starting point: encoders (frozen in both) are unchanged.
+    a = load_file(align / "model" / "model.safetensors")
+    b = load_file(lora / "model" / "model.safetensors")
+    enc = [k for k in a if k.startswith("encoders.")]
+    assert enc and all(torch.equal(a[k], b[k]) for k in enc)
+    assert (lora / "model" / "adapter" / "adapter_config.json").is_file()
+    model = OmniModel.from_pretrained(lora / "model")
+    assert model.has_lora
+
+
+def test_lora_merge_gives_same_logits_and_stable_keys(tiny_model, tmp_path):
+    from omnimodal.training.module import apply_stage
+
+    apply_stage(tiny_model, {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}, "train_encoders": False}, {})
+    with torch.no_grad():  # make the adapters non-trivial
+        for name, p in tiny_model.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    assert all(("lora_" in n) == p.requires_grad for n, p in tiny_model.decoder.named_parameters())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    tiny_model.eval()
+    before = tiny_model(input_ids=ids).logits
+    tiny_model.save_pretrained(tmp_path / "merged", lora="merge")
+    tiny_model.save_pretrained(tmp_path / "separate", lora="separate")
+    merged = OmniModel.from_pretrained(tmp_path / "merged")
+    separate = OmniModel.from_pretrained(tmp_path / "separate")
+    assert not merged.has_lora and separate.has_lora
+    assert torch.allclose(merged(input_ids=ids).logits, before, atol=1e-5)
+    assert torch.allclose(separate(input_ids=ids).logits, before, atol=1e-5)
+    keys = load_file(tmp_path / "merged" / "model.safetensors").keys()
+    assert "decoder.model.layers.0.self_attn.q_proj.weight" in keys
+    assert not any("lora" in k for k in keys)
+
+
+def test_lora_targets_that_match_nothing(tiny_model):
+    with pytest.raises(ConfigError, match=r"matches nothing.*q_proj"):
+        tiny_model.apply_lora(target_modules=["query_key_value"])
+
+
+def test_corrupted_or_truncated_weights_are_refused(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="model.safetensors: cannot read weights"):
+        OmniModel.from_pretrained(tmp_path / "m")
+
+
+def test_missing_plugin_names_plugin_and_distribution(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "omnimodal.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["modalities"]["lidar"] = {"plugin": "lidar", "distribution": "omnimodal-lidar", "version": "2.1", "config": {}}
+    cfg_path.write_text(json.dumps(cfg))
+    from omnimodal.errors import PluginError
+
+    with pytest.raises(PluginError, match=r"modality 'lidar' from plugin 'lidar'.*install the distribution 'omnimodal-lidar'"):
+        OmniModel.from_pretrained(tmp_path / "m")
+
+
+def test_init_from_errors(tmp_path, tiny_model):
+    from omnimodal.train import load_init
+
+    from .conftest import tiny_decoder_cfg, tiny_vision_cfg
+
+    with pytest.raises(ConfigError, match="no saved model there"):
+        load_init({"init_from": str(tmp_path / "nothing"), "modalities": {}, "decoder": {}})
+    tiny_model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"has modalities \['vision'\] but this run selects \['audio', 'vision'\]"):
+        load_init({"init_from": str(tmp_path / "m"), "modalities": {"vision": tiny_vision_cfg(), "audio": {}}, "decoder": tiny_decoder_cfg()})
+    with pytest.raises(ConfigError, match="decoder.hidden_size is 64 in the saved model but 128"):
+        load_init({"init_from": str(tmp_path / "m"), "modalities": {"vision": tiny_vision_cfg()}, "decoder": {**tiny_decoder_cfg(), "hidden_size": 128}})
