@@ -345,6 +345,7 @@ def _add_inference_parsers(sub) -> None:
     p.add_argument("--system", help="a system message")
     _generation_args(p, 128)
     p.add_argument("question", nargs="*", help="the question; without it, read one message per stdin line")
+    p.set_defaults(media=[])
 
     p = sub.add_parser("generate", help="answer a JSONL file of conversations")
     p.add_argument("--model", required=True, help="a model dir or a run dir holding model/")

@@ -217,7 +217,10 @@ class Pipeline:
             raw = modality.item_from_api_part(part)
             if isinstance(raw, str) and raw.startswith(("http://", "https://")):
                 if fetch is None:
-                    raise RemoteMediaError(f"remote media URLs are not allowed here ({raw[:60]!r}); send the data inline (data: URL / base64)")
+                    raise RemoteMediaError(
+                        f"remote media URLs are refused ({raw[:60]!r}): send the data inline (a base64 data: URL), "
+                        "or start the server with --allow-remote-media"
+                    )
                 raw = fetch(raw)
             return modality, raw
         valid = ", ".join(["text", *sorted(self.part_types(api))])

@@ -129,6 +129,8 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})", code="json_invalid")
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
         where = f" at {param}" if param else ""
