@@ -14,13 +14,16 @@ from omnimodal.specs import DemoSpec, ModalitySpec, ProjectorSpec
 __version__ = "0.1.0"
 hookimpl_marker = hookimpl
 
-__all__ = ["API_VERSION", "DemoSpec", "ModalitySpec", "ProjectorSpec", "hookimpl", "load", "__version__"]
+__all__ = ["API_VERSION", "DemoSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "hookimpl", "load", "__version__"]
+
+
+_LAZY = {"load": "omnimodal.inference", "Pipeline": "omnimodal.inference", "GenerationOptions": "omnimodal.inference"}
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy attributes: ``omnimodal.load`` imports torch only when first used."""
-    if name == "load":
-        from omnimodal.inference import load
+    """Lazy attributes: ``omnimodal.load`` (and ``Pipeline``) import torch only when first used."""
+    if name in _LAZY:
+        import importlib
 
-        return load
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'omnimodal' has no attribute {name!r}")

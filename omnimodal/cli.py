@@ -243,8 +243,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from omnimodal.data.dataset import prompt_messages
-    from omnimodal.data.records import Record
     from omnimodal.inference import load
 
     pipe = load(args.model, device=args.device)
@@ -276,8 +274,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 try:
                     msgs = obj["messages"]
                     if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
-                        msgs = prompt_messages(Record(msgs, where))  # a training record: ask its last question
-                    prompts.append((k, pipe.prepare(msgs, src.parent, where)))
+                        msgs = msgs[:-1]  # a training record: ask its last question again
+                    prompt = pipe.prepare(msgs, src.parent, where)
+                    pipe.check_length(prompt, options.max_new_tokens)
+                    prompts.append((k, prompt))
                 except OmnimodalError as exc:
                     if not args.skip_errors:
                         raise

@@ -182,6 +182,7 @@ class Pipeline:
         _fit_embeddings(model)
         self.model = model.to(self.device) if dtype is None else model.to(self.device, dtype)
         self.model.eval()
+        self.dtype = next(self.model.parameters()).dtype
         self.tokenizer = model.tokenizer
         self.modalities: dict[str, Modality] = dict(model.modalities)
         self.by_part_type = {m.part_type: m for m in self.modalities.values()}
@@ -282,15 +283,13 @@ class Pipeline:
             )
 
     def collate(self, prompts: Sequence[Prompt]) -> dict[str, Any]:
-        """Left-padded batch (the training collator) moved to the model's device."""
-        from omnimodal.evaluate import _to_device
-
+        """Left-padded batch (the training collator) moved to the model's device (floats in its dtype)."""
         samples = [dict(p.sample, index=i) for i, p in enumerate(prompts)]
         batch = self.collator(samples)
         return {
             "input_ids": batch["input_ids"].to(self.device),
             "attention_mask": batch["attention_mask"].to(self.device),
-            "media": _to_device(batch["media"], self.device),
+            "media": _move(batch["media"], self.device, self.dtype),
         }
 
     # ---- generation ---------------------------------------------------------------------------
@@ -440,6 +439,20 @@ class Pipeline:
             stream.finish_reason = reason or ("length" if len(ids) >= opts.max_new_tokens else "stop")
             stream.completion_tokens = len(ids)
             thread.join(timeout=30)
+
+
+def _move(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Media batch -> device; floating tensors in the model's dtype; other ``.to``-able objects
+    (e.g. torch-geometric batches) moved as they are."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device)
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: _move(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_move(v, device, dtype) for v in obj)
+    to = getattr(obj, "to", None)
+    return to(device) if callable(to) else obj
 
 
 def _fit_embeddings(model) -> None:

@@ -138,7 +138,7 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             return OmniModel.from_config(model_cfg, tokenizer=tokenizer, modalities=modalities)
 
     placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
-    dm = OmniDataModule(cfg["data"], files, tokenizer, modalities, placeholder_ids)
+    dm = OmniDataModule({**cfg["data"], "seed": int(cfg.get("seed", 0))}, files, tokenizer, modalities, placeholder_ids)
     module = OmniLightningModule(build, cfg["stage"], cfg["modalities"], model_signature(cfg))
 
     class StartReport(L.Callback):

@@ -80,6 +80,28 @@ def test_plugin_entry_module_is_light():
     subprocess.run([PYTHON, "-c", code], check=True, timeout=60, cwd=ROOT)
 
 
+def test_hydra_composes_molecule_with_vision_and_swaps():
+    args = [
+        "modalities=[vision,molecule]",
+        "molecule/encoder@modalities.molecule.encoder=gine_small",
+        "projector@modalities.molecule.projector=graph_pool",
+        "--cfg",
+        "job",
+    ]
+    out = subprocess.run(
+        [PYTHON, "-m", "omnimodal.train", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    import yaml
+
+    mods = yaml.safe_load(out.stdout)["modalities"]
+    assert set(mods) == {"vision", "molecule"}
+    mol = mods["molecule"]
+    assert mol["encoder"]["hidden_dim"] == 128 and mol["projector"] == {"kind": "graph_pool", "pooling": "mean"}
+    assert (mol["max_atoms"], mol["on_too_many_atoms"], mol["train_encoder"]) == (128, "error", True)
+    assert modality(mol).num_tokens(20) == 1
+
+
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="on_too_many_atoms"):
         modality(tiny_molecule_cfg(on_too_many_atoms="drop"))

@@ -1,0 +1,1 @@
+"""HTTP serving: an OpenAI-compatible API over a Pipeline (``app.create_app``, ``app.serve``; FastAPI + uvicorn)."""

@@ -23,7 +23,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omnimodal.errors import ConfigError, DataError, MediaError, OmnimodalError, SampleTooLongError, SpliceError
+from omnimodal.errors import (
+    ConfigError,
+    DataError,
+    MediaError,
+    OmnimodalError,
+    SampleTooLongError,
+    SpliceError,
+)
 from omnimodal.inference import Completion, GenerationOptions, Pipeline, TextStream
 from omnimodal.serving.schema import ChatCompletionRequest, error_body
 from omnimodal.serving.worker import Job, Worker

@@ -73,9 +73,15 @@ class OmniDataModule(L.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool, padding_side: str = "right"):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
+        import torch
+
         workers = int(self.cfg.get("num_workers", 0))
+        # An explicit generator: its state travels in the loader's state_dict, so a resumed run
+        # shuffles the remaining and following epochs exactly as the uninterrupted run.
+        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0))) if shuffle else None
         return StatefulDataLoader(
             dataset,
+            generator=generator,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=workers,

@@ -100,9 +100,34 @@ class OmniLightningModule(L.LightningModule):
             self.model = self._build()
             apply_stage(self.model, self.stage, self.modality_cfgs)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states (dropout, sampling) so a resumed run continues them exactly."""
+        import random
+
+        import numpy as np
+
+        checkpoint["omnimodal_rng"] = {
+            "torch": torch.get_rng_state(),
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+            "numpy": np.random.get_state()[1].tolist(),
+            "numpy_pos": int(np.random.get_state()[2]),
+        }
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to resume into a model whose configuration changed since the checkpoint."""
+        """Refuse to resume into a model whose configuration changed; restore the RNG states."""
+        import random
+
+        import numpy as np
+
         from omnimodal.errors import ConfigError
+
+        rng = checkpoint.get("omnimodal_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+            np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
 
         saved = checkpoint.get("hyper_parameters", {}).get("model_signature")
         current = self.hparams.get("model_signature")
