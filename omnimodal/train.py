@@ -158,9 +158,12 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         ThroughputLogger(),
         StartReport(),
     ]
-    loggers = [L.pytorch.loggers.CSVLogger(out_dir, name="logs", version="")]
+    # A resumed run logs beside the killed run's logs instead of overwriting them.
+    resumes = len(list((out_dir / "logs").glob("resumed-*"))) + 1 if cfg.get("ckpt_path") else 0
+    version = f"resumed-{resumes}" if resumes else ""
+    loggers = [L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=version)]
     try:
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(out_dir, name="tensorboard", version=""))
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(out_dir, name="tensorboard", version=version))
     except ModuleNotFoundError:
         log.info("tensorboard not installed: CSV logs only")
     trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], **dict(cfg["trainer"]))
@@ -184,7 +187,7 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             log.warning("%s: %s", modality.name, modality.counters)
     if dm.report.total:
         log.warning(dm.report.summary())
-    plot = plot_losses(out_dir / "logs" / "metrics.csv", out_dir / "loss.png")
+    plot = plot_losses(sorted((out_dir / "logs").glob("**/metrics.csv")), out_dir / "loss.png")
     if plot:
         log.info("loss curves: %s", plot)
     if cfg.get("evaluate", True) and records.get("test"):

@@ -32,6 +32,61 @@ def read_split(paths: list[Path], part_types: dict[str, str], on_error: str, rep
     return records
 
 
+class _EpochPermutation:
+    """Iterator over one epoch's permutation; its state is (epoch, position), nothing hidden."""
+
+    def __init__(self, sampler: EpochShuffleSampler):
+        self.sampler = sampler
+        self.epoch = sampler.epoch
+        self.order = sampler.permutation(self.epoch)
+        self.position = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        if self.position >= len(self.order):
+            raise StopIteration
+        self.position += 1
+        return self.order[self.position - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = self.sampler.epoch = int(state["epoch"])
+        self.order = self.sampler.permutation(self.epoch)
+        self.position = int(state["position"])
+
+
+class EpochShuffleSampler:
+    """Shuffles with a permutation that depends only on (seed, epoch).
+
+    Exact mid-epoch resume: the data loader's state records (epoch, position), and the same
+    permutation is rebuilt from them, whatever happened to any random generator meanwhile.
+    Lightning calls ``set_epoch`` at each epoch start (and wraps it for DDP).
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self, epoch: int) -> list[int]:
+        import torch
+
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch)).tolist()
+
+    def __iter__(self):
+        return _EpochPermutation(self)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class OmniDataModule(L.LightningDataModule):
     """Train/val/test conversations for an :class:`~omnimodal.model.OmniModel`."""
 
@@ -73,17 +128,12 @@ class OmniDataModule(L.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool, padding_side: str = "right"):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
-        import torch
-
         workers = int(self.cfg.get("num_workers", 0))
-        # An explicit generator: its state travels in the loader's state_dict, so a resumed run
-        # shuffles the remaining and following epochs exactly as the uninterrupted run.
-        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0))) if shuffle else None
+        sampler = EpochShuffleSampler(len(dataset), int(self.cfg.get("seed", 0))) if shuffle else None
         return StatefulDataLoader(
             dataset,
-            generator=generator,
+            sampler=sampler,
             batch_size=batch_size,
-            shuffle=shuffle,
             num_workers=workers,
             collate_fn=Collator(self.modalities, self.tokenizer.pad_token_id, padding_side),
             persistent_workers=workers > 0,

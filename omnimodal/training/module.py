@@ -176,10 +176,31 @@ class OmniLightningModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
+    def _total_steps(self) -> int:
+        """Optimizer steps in the run, for the schedule.
+
+        Not ``trainer.estimated_stepping_batches``: called here it builds the train loader before
+        a checkpoint's loop state is restored, and Lightning then skips restoring the loader's
+        position, so a resumed run would replay the epoch from its start.
+        """
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps
+        dm = trainer.datamodule
+        n = len(dm.train_set) if dm is not None and hasattr(dm, "train_set") else 0
+        if not n or trainer.max_epochs is None or trainer.max_epochs < 0:
+            return max(1, int(trainer.estimated_stepping_batches))
+        batches = math.ceil(math.ceil(n / int(dm.cfg.get("batch_size", 32))) / trainer.world_size)
+        if isinstance(trainer.limit_train_batches, int):
+            batches = min(batches, trainer.limit_train_batches)
+        elif trainer.limit_train_batches is not None:
+            batches = int(batches * trainer.limit_train_batches)
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs)
+
     def configure_optimizers(self):
         groups = parameter_groups(self.model, float(self.stage.get("weight_decay", 0.0)), self.stage)
         opt = torch.optim.AdamW(groups, lr=float(self.stage.get("lr", 5e-4)), betas=tuple(self.stage.get("betas", (0.9, 0.999))))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._total_steps()
         warmup = int(total * float(self.stage.get("warmup_ratio", 0.0)))
 
         def schedule(step: int) -> float:

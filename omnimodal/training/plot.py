@@ -6,9 +6,11 @@ import csv
 from pathlib import Path
 
 
-def plot_losses(metrics_csv: Path, out_png: Path) -> Path | None:
-    """Plot ``train/loss`` and ``val/loss`` against the step; returns the PNG path (or None)."""
-    if not metrics_csv.is_file():
+def plot_losses(metrics_csvs: list[Path], out_png: Path) -> Path | None:
+    """Plot ``train/loss`` and ``val/loss`` against the step from one or more CSV logs (a run
+    and its resumptions); returns the PNG path (or None when there is nothing to plot)."""
+    metrics_csvs = [p for p in metrics_csvs if p.is_file()]
+    if not metrics_csvs:
         return None
     import matplotlib
 
@@ -16,12 +18,16 @@ def plot_losses(metrics_csv: Path, out_png: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     series: dict[str, tuple[list[int], list[float]]] = {"train/loss": ([], []), "val/loss": ([], [])}
-    with metrics_csv.open() as f:
-        for row in csv.DictReader(f):
-            for key, (xs, ys) in series.items():
-                if row.get(key):
-                    xs.append(int(row["step"]))
-                    ys.append(float(row[key]))
+    for metrics_csv in metrics_csvs:
+        with metrics_csv.open() as f:
+            for row in csv.DictReader(f):
+                for key, (xs, ys) in series.items():
+                    if row.get(key):
+                        xs.append(int(row["step"]))
+                        ys.append(float(row[key]))
+    for xs, ys in series.values():  # resumed runs repeat a few steps: plot in step order
+        pairs = sorted(zip(xs, ys))
+        xs[:], ys[:] = [p[0] for p in pairs], [p[1] for p in pairs]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, (xs, ys) in series.items():
         if xs:
