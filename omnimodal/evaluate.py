@@ -67,13 +67,13 @@ def predict(model, records: list[Record], batch_size: int = 64, max_new_tokens: 
 
 
 def _to_device(obj: Any, device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+    """Move a media batch (tensors, dicts, lists, or objects with ``.to``) to ``device``."""
     if isinstance(obj, dict):
         return {k: _to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_to_device(v, device) for v in obj]
-    return obj
+    to = getattr(obj, "to", None)
+    return to(device) if callable(to) else obj
 
 
 def score(records: list[Record], predictions: list[str], baseline: dict[str, Any], part_types: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:

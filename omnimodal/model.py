@@ -73,6 +73,9 @@ class OmniModel(nn.Module):
         self.projectors = nn.ModuleDict(projectors)
         self.decoder_cfg = dict(decoder_cfg or {})
         self.placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
+        if decoder.get_input_embeddings().num_embeddings < len(tokenizer):
+            # Placeholders added after the decoder was built: give them embedding rows.
+            decoder.resize_token_embeddings(len(tokenizer))
         self.modality_token = {name: self.placeholder_ids[m.placeholder] for name, m in modalities.items()}
         self.frozen: set[str] = set()
         self.extra: dict[str, Any] = {}

@@ -58,6 +58,19 @@ def resolve_files(cfg: dict[str, Any]) -> dict[str, list[Path]]:
     return prepare_demo(list(cfg["modalities"]), data["demo_root"], int(cfg.get("seed", 0)))
 
 
+def _quiet_logs() -> None:
+    """One copy of each log line (through Hydra's handlers), without known third-party noise."""
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    warnings.filterwarnings("ignore", message=".*set_vital.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
 def model_signature(cfg: dict[str, Any]) -> dict[str, str]:
     """What must not change between a checkpoint and its resumption (as comparable strings)."""
     sig = {"decoder": json.dumps(cfg["decoder"], sort_keys=True), "lora": json.dumps(cfg["stage"].get("lora"), sort_keys=True)}
@@ -114,6 +127,7 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from omnimodal.training.throughput import ThroughputLogger
 
     t0 = time.time()
+    _quiet_logs()
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
     if not cfg.get("modalities"):
         raise ConfigError("no modalities selected: use modalities=[vision,...]")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch.utils.data import DistributedSampler
 
 from omnimodal.data.dataset import Collator, ConversationDataset
 from omnimodal.data.records import Record, SkipReport, read_jsonl
@@ -33,12 +34,12 @@ def read_split(paths: list[Path], part_types: dict[str, str], on_error: str, rep
 
 
 class _EpochPermutation:
-    """Iterator over one epoch's permutation; its state is (epoch, position), nothing hidden."""
+    """Iterator over one epoch's indices; its state is (epoch, position), nothing hidden."""
 
     def __init__(self, sampler: EpochShuffleSampler):
         self.sampler = sampler
         self.epoch = sampler.epoch
-        self.order = sampler.permutation(self.epoch)
+        self.order = sampler.indices(self.epoch)
         self.position = 0
 
     def __iter__(self):
@@ -55,36 +56,32 @@ class _EpochPermutation:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch = self.sampler.epoch = int(state["epoch"])
-        self.order = self.sampler.permutation(self.epoch)
+        self.order = self.sampler.indices(self.epoch)
         self.position = int(state["position"])
 
 
-class EpochShuffleSampler:
-    """Shuffles with a permutation that depends only on (seed, epoch).
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffles with a permutation that depends only on (seed, epoch), split across ranks.
 
-    Exact mid-epoch resume: the data loader's state records (epoch, position), and the same
-    permutation is rebuilt from them, whatever happened to any random generator meanwhile.
-    Lightning calls ``set_epoch`` at each epoch start (and wraps it for DDP).
+    Exact mid-epoch resume: the data loader's state records (epoch, position) and the same
+    indices are rebuilt from them, whatever happened to any random generator meanwhile.
+    Being a ``DistributedSampler``, Lightning neither replaces nor wraps it under DDP and calls
+    ``set_epoch`` at each epoch start; every rank draws the same permutation and takes its share.
     """
 
-    def __init__(self, n: int, seed: int = 0):
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def permutation(self, epoch: int) -> list[int]:
-        import torch
-
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch)).tolist()
+    def indices(self, epoch: int) -> list[int]:
+        """This rank's indices for ``epoch``."""
+        current, self.epoch = self.epoch, epoch
+        try:
+            return list(super().__iter__())
+        finally:
+            self.epoch = current
 
     def __iter__(self):
         return _EpochPermutation(self)
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class OmniDataModule(L.LightningDataModule):
@@ -129,7 +126,9 @@ class OmniDataModule(L.LightningDataModule):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         workers = int(self.cfg.get("num_workers", 0))
-        sampler = EpochShuffleSampler(len(dataset), int(self.cfg.get("seed", 0))) if shuffle else None
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffleSampler(dataset, world, rank, int(self.cfg.get("seed", 0)), shuffle=shuffle)
         return StatefulDataLoader(
             dataset,
             sampler=sampler,

@@ -87,8 +87,8 @@ class MoleculeModality(Modality):
         if isinstance(raw, chem.MolBlock) or (isinstance(raw, str) and "M  END" in raw):
             return chem.mol_from_molblock(raw, source)
         if isinstance(raw, str):
-            if raw.lower().endswith(chem.FILE_SUFFIXES) and Path(raw).is_file():
-                return chem.mol_from_file(Path(raw), source)
+            # A string is SMILES, never a file name: a file is read only when given as a Path
+            # (data files' `path` parts), so an API client cannot make the server read files.
             return chem.mol_from_smiles(raw, source)
         raise MediaError(
             f"{source}: cannot load a molecule from {type(raw).__name__} "
