@@ -196,9 +196,11 @@ def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     records = dm.load_records()
     baseline = blind_baseline(records["train"])
     model.extra["blind_baseline"] = baseline
-    for modality in modalities.values():
-        if modality.counters:
-            log.warning("%s: %s", modality.name, modality.counters)
+    if module.data_events:
+        events = ", ".join(f"{k}={v}" for k, v in sorted(module.data_events.items()))
+        log.warning("data events over one pass of the training data (this rank): %s", events)
+        print(f"data events over one pass of the training data: {events}", flush=True)
+        result["data_events"] = module.data_events
     if dm.report.total:
         log.warning(dm.report.summary())
     plot = plot_losses(sorted((out_dir / "logs").glob("**/metrics.csv")), out_dir / "loss.png")

@@ -128,3 +128,24 @@ def test_batch_is_ready_for_packing(tiny_model, vision_demo):
         n = int(lengths[row])
         assert batch["position_ids"][row, :n].tolist() == list(range(n))
     assert batch["sources"][0].endswith(":1")
+
+
+def test_events_from_preprocessing_reach_the_batch(tmp_path):
+    """Clips cut to max duration are counted per sample, so data workers' counts are not lost."""
+    import numpy as np
+    import soundfile as sf
+
+    from omnimodal.data.dataset import Collator
+    from omnimodal.decoder import add_placeholders, train_bpe_tokenizer
+    from omnimodal.model import build_modalities
+
+    sf.write(tmp_path / "long.wav", np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(tmp_path / "short.wav", np.zeros(4000, dtype=np.float32), 16000)
+    p = write(tmp_path, [conv([{"type": "audio", "path": "long.wav"}]), conv([{"type": "audio", "path": "short.wav"}])])
+    mods = build_modalities({"audio": {"encoder": {"kind": "conv", "width": 16, "depth": 1, "heads": 2}, "projector": {"kind": "pool", "stride": 2}, "max_duration": 0.5}})
+    tok = train_bpe_tokenizer(["red"], 300)
+    ids = add_placeholders(tok, ["<audio>"])
+    ds = ConversationDataset(read_jsonl(p, {"audio": "audio"}), tok, mods, ids)
+    samples = [ds[0], ds[1]]
+    assert samples[0]["events"] == {"audio.clips_cut": 1} and samples[1]["events"] == {}
+    assert Collator(mods, tok.pad_token_id)(samples)["events"] == {"audio.clips_cut": 1}

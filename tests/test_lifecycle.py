@@ -214,3 +214,42 @@ def test_ddp_on_cpu_matches_single_process_and_survives_absent_modalities(tmp_pa
     a, b = _final_weights(single), _final_weights(ddp)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 2e-3, f"DDP and single-process weights differ by up to {worst}"
+
+
+def test_epoch_sampler_splits_one_permutation_across_ranks_and_resumes():
+    from omnimodal.training.datamodule import EpochShuffleSampler
+
+    data = list(range(21))
+    single = EpochShuffleSampler(data, 1, 0, seed=5)
+    ranks = [EpochShuffleSampler(data, 2, r, seed=5) for r in (0, 1)]
+    for epoch in (0, 1):
+        for s in (single, *ranks):
+            s.set_epoch(epoch)
+        order = list(single)
+        assert sorted(order) == data
+        r0, r1 = list(ranks[0]), list(ranks[1])
+        assert r0[:10] == order[0:20:2] and r1[:10] == order[1:20:2]
+    epoch1 = list(single)
+    single.set_epoch(0)
+    assert list(single) != epoch1  # each epoch has its own permutation
+    it = iter(single)
+    head = [next(it) for _ in range(7)]
+    state = it.state_dict()
+    again = iter(EpochShuffleSampler(data, 1, 0, seed=5))
+    again.load_state_dict(state)
+    assert head + list(again) == list(single)
+
+
+@pytest.mark.slow
+def test_multirun_sweep_gives_one_run_dir_each(tmp_path, vision_demo):
+    out = subprocess.run(
+        [PYTHON, "-m", "omnimodal.cli", "train", "-m", *TINY, *data_overrides(vision_demo), "trainer.max_steps=2",
+         "evaluate=false", "save_model=false", "stage.lr=1e-3,3e-4", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert runs == ["0", "1"]
+    for run in runs:
+        assert (tmp_path / "sweep" / run / "checkpoints" / "last.ckpt").is_file()
+        assert (tmp_path / "sweep" / run / "loss.png").is_file()

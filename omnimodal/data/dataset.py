@@ -77,7 +77,16 @@ class ConversationDataset(torch.utils.data.Dataset):
         record = self.records[index]
         generate = self.mode == "generate"
         messages = prompt_messages(record) if generate else record.messages
+        before = {m.name: dict(m.counters) for m in self.by_part_type.values()}
         items = self.prepare_items(record, messages)
+        # Events counted while preparing (e.g. clips cut to max duration) travel with the sample,
+        # so they reach the main process even when data workers did the work.
+        events = {
+            f"{m.name}.{key}": n - before[m.name].get(key, 0)
+            for m in self.by_part_type.values()
+            for key, n in m.counters.items()
+            if n != before[m.name].get(key, 0)
+        }
         enc = encode(
             self.tokenizer,
             messages,
@@ -96,6 +105,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             "source": record.source,
             "kind": record.kind,
             "answer": answer_text(record) if generate else None,
+            "events": events,
         }
 
     def by_part_type_name(self, item: MediaItem) -> str:
@@ -156,4 +166,13 @@ class Collator:
             "sources": [s["source"] for s in samples],
             "kinds": [s["kind"] for s in samples],
             "answers": [s["answer"] for s in samples],
+            "events": _sum_events(s.get("events") or {} for s in samples),
         }
+
+
+def _sum_events(dicts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for key, n in d.items():
+            total[key] = total.get(key, 0) + n
+    return total

@@ -88,6 +88,7 @@ class OmniLightningModule(L.LightningModule):
         super().__init__()
         self.stage = dict(stage)
         self.modality_cfgs = dict(modality_cfgs or {})
+        self.data_events: dict[str, int] = {}  # e.g. {"audio.clips_cut": 3} over the first epoch
         self._build = None if isinstance(model, torch.nn.Module) else model
         self.model = model if isinstance(model, torch.nn.Module) else None
         if self.model is not None:
@@ -166,6 +167,9 @@ class OmniLightningModule(L.LightningModule):
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 0:  # one pass over the data: report each item's events once
+            for key, n in (batch.get("events") or {}).items():
+                self.data_events[key] = self.data_events.get(key, 0) + n
         loss = self._step(batch)
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
