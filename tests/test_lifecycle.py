@@ -212,8 +212,12 @@ def test_ddp_on_cpu_matches_single_process_and_survives_absent_modalities(tmp_pa
     assert "world_size: 2" in out.stderr + out.stdout or "distributed_backend=gloo" in out.stderr + out.stdout
     assert not list(tmp_path.glob("outputs")), "ranks must share the Hydra run dir"
     a, b = _final_weights(single), _final_weights(ddp)
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 2e-3, f"DDP and single-process weights differ by up to {worst}"
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # Adam normalises each parameter's step, so a near-zero gradient that differs slightly can
+    # move a weight by up to lr per step: 6 steps x 1e-3 bounds the worst element; the typical
+    # element must agree far more closely.
+    assert diffs.max() < 6 * 1e-3, f"worst weight difference {diffs.max():.2e}"
+    assert diffs.median() < 1e-5, f"median weight difference {diffs.median():.2e}"
 
 
 def test_epoch_sampler_splits_one_permutation_across_ranks_and_resumes():

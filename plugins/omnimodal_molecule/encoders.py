@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import GINEConv, global_add_pool
+from torch_geometric.nn import GINEConv, global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
 from omnimodal.errors import ConfigError
@@ -25,6 +25,16 @@ class CategoricalEmbedding(nn.Module):
         return self.embed(x + self.offsets).sum(dim=-2)
 
 
+class ConcatEmbedding(nn.Module):
+    def __init__(self, vocab_sizes, dim, col_dim=32):
+        super().__init__()
+        self.embeds = nn.ModuleList(nn.Embedding(v, col_dim) for v in vocab_sizes)
+        self.proj = nn.Linear(col_dim * len(vocab_sizes), dim)
+
+    def forward(self, x):
+        return self.proj(torch.cat([e(x[:, i]) for i, e in enumerate(self.embeds)], -1))
+
+
 class GINEEncoder(nn.Module):
     """GIN with edge features (Hu et al. 2020, as in MoleculeSTM/MolCA), per-node LayerNorm.
 
@@ -43,6 +53,9 @@ class GINEEncoder(nn.Module):
         dropout: float = 0.1,
         virtual_node: bool = True,
         residual: bool = True,
+        atom_embedding: str = "sum",
+        jk: str = "last",
+        vn_pool: str = "sum",
     ):
         super().__init__()
         if num_layers < 1:
@@ -53,7 +66,15 @@ class GINEEncoder(nn.Module):
         self.num_layers = num_layers
         self.residual = residual
         self.dropout = nn.Dropout(dropout)
-        self.atom_embed = CategoricalEmbedding([v for _, v in ATOM_FEATURES], hidden_dim)
+        self.atom_embedding = atom_embedding
+        if atom_embedding == "sum":
+            self.atom_embed = CategoricalEmbedding([v for _, v in ATOM_FEATURES], hidden_dim)
+        else:
+            self.atom_embed = ConcatEmbedding([v for _, v in ATOM_FEATURES], hidden_dim)
+        self.jk = jk
+        if jk == "cat":
+            self.jk_proj = nn.Linear(hidden_dim * (num_layers + 1), hidden_dim)
+        self.vn_pool = vn_pool
         bond_vocab = [v for _, v in BOND_FEATURES]
         self.bond_embeds = nn.ModuleList(CategoricalEmbedding(bond_vocab, hidden_dim) for _ in range(num_layers))
         self.convs = nn.ModuleList(
@@ -68,7 +89,7 @@ class GINEEncoder(nn.Module):
         if virtual_node:
             self.vn_mlps = nn.ModuleList(
                 nn.Sequential(
-                    nn.Linear(hidden_dim, 2 * hidden_dim),
+                    nn.Linear(hidden_dim * (3 if vn_pool == "sum_mean_max" else 1), 2 * hidden_dim),
                     nn.ReLU(),
                     nn.Linear(2 * hidden_dim, hidden_dim),
                     nn.LayerNorm(hidden_dim),
@@ -88,6 +109,7 @@ class GINEEncoder(nn.Module):
         n_graphs = int(num_atoms.numel())
         h = self.atom_embed(x)
         vn = h.new_zeros(n_graphs, h.shape[-1])
+        hs = [h]
         for i in range(self.num_layers):
             if self.virtual_node:
                 h = h + vn[batch]
@@ -96,8 +118,14 @@ class GINEEncoder(nn.Module):
                 out = torch.relu(out)
             out = self.dropout(out)
             h = h + out if self.residual else out
+            hs.append(h)
             if self.virtual_node and i < self.num_layers - 1:
-                vn = vn + self.dropout(self.vn_mlps[i](global_add_pool(h, batch, size=n_graphs)))
+                pooled = global_add_pool(h, batch, size=n_graphs)
+                if self.vn_pool == "sum_mean_max":
+                    pooled = torch.cat([pooled, global_mean_pool(h, batch, size=n_graphs), global_max_pool(h, batch, size=n_graphs)], -1)
+                vn = vn + self.dropout(self.vn_mlps[i](pooled))
+        if self.jk == "cat":
+            h = self.jk_proj(torch.cat(hs, -1))
         h = self.norm_out(h)
         max_atoms = int(num_atoms.max()) if n_graphs else 0
         return to_dense_batch(h, batch, batch_size=n_graphs, max_num_nodes=max_atoms)
