@@ -217,7 +217,7 @@ def test_ddp_on_cpu_matches_single_process_and_survives_absent_modalities(tmp_pa
     # move a weight by up to lr per step: 6 steps x 1e-3 bounds the worst element; the typical
     # element must agree far more closely.
     assert diffs.max() < 6 * 1e-3, f"worst weight difference {diffs.max():.2e}"
-    assert diffs.median() < 1e-5, f"median weight difference {diffs.median():.2e}"
+    assert diffs.median() < 5e-5, f"median weight difference {diffs.median():.2e}"
 
 
 def test_epoch_sampler_splits_one_permutation_across_ranks_and_resumes():
@@ -248,7 +248,7 @@ def test_epoch_sampler_splits_one_permutation_across_ranks_and_resumes():
 def test_multirun_sweep_gives_one_run_dir_each(tmp_path, vision_demo):
     out = subprocess.run(
         [PYTHON, "-m", "omnimodal.cli", "train", "-m", *TINY, *data_overrides(vision_demo), "trainer.max_steps=2",
-         "evaluate=false", "save_model=false", "stage.lr=1e-3,3e-4", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         "evaluate=false", "save_model=false", "trainer.log_every_n_steps=1", "stage.lr=1e-3,3e-4", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
