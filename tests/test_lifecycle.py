@@ -257,3 +257,13 @@ def test_multirun_sweep_gives_one_run_dir_each(tmp_path, vision_demo):
     for run in runs:
         assert (tmp_path / "sweep" / run / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / "sweep" / run / "loss.png").is_file()
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_and_gradient_checkpointing_from_config(tmp_path, vision_demo):
+    run = tmp_path / "bf16"
+    out = run_train(run, *data_overrides(vision_demo), "trainer.max_steps=3", "evaluate=false",
+                    "trainer.precision=bf16-mixed", "decoder.gradient_checkpointing=true")
+    assert "bf16" in out.stdout + out.stderr
+    weights = load_file(run / "model" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())

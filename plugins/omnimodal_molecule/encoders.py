@@ -56,6 +56,7 @@ class GINEEncoder(nn.Module):
         atom_embedding: str = "sum",
         jk: str = "last",
         vn_pool: str = "sum",
+        embed_norm: bool = False,
     ):
         super().__init__()
         if num_layers < 1:
@@ -75,6 +76,7 @@ class GINEEncoder(nn.Module):
         if jk == "cat":
             self.jk_proj = nn.Linear(hidden_dim * (num_layers + 1), hidden_dim)
         self.vn_pool = vn_pool
+        self.embed_norm = nn.LayerNorm(hidden_dim) if embed_norm else nn.Identity()
         bond_vocab = [v for _, v in BOND_FEATURES]
         self.bond_embeds = nn.ModuleList(CategoricalEmbedding(bond_vocab, hidden_dim) for _ in range(num_layers))
         self.convs = nn.ModuleList(
@@ -107,7 +109,7 @@ class GINEEncoder(nn.Module):
         num_atoms: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_graphs = int(num_atoms.numel())
-        h = self.atom_embed(x)
+        h = self.embed_norm(self.atom_embed(x))
         vn = h.new_zeros(n_graphs, h.shape[-1])
         hs = [h]
         for i in range(self.num_layers):
@@ -126,6 +128,8 @@ class GINEEncoder(nn.Module):
                 vn = vn + self.dropout(self.vn_mlps[i](pooled))
         if self.jk == "cat":
             h = self.jk_proj(torch.cat(hs, -1))
+        elif self.jk == "h0":
+            h = hs[0]
         h = self.norm_out(h)
         max_atoms = int(num_atoms.max()) if n_graphs else 0
         return to_dense_batch(h, batch, batch_size=n_graphs, max_num_nodes=max_atoms)
