@@ -202,13 +202,33 @@ def test_batch_of_different_sizes(projector, expected):
     assert torch.isfinite(tokens).all()
 
 
-def test_one_atom_molecule_alone_trains():
-    mod = modality()
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"virtual_node": False, "readout": True}, {"virtual_node": True, "readout": False}],
+)
+def test_one_atom_molecule_alone_trains(options):
+    encoder = dict(tiny_molecule_cfg()["encoder"], **options)
+    mod = modality(tiny_molecule_cfg(encoder=encoder))
     enc = mod.build_encoder().train()
     features, mask = enc(**mod.collate([mod.prepare("C", "methane").features]))
     assert features.shape == (1, 1, enc.out_dim) and mask.tolist() == [[True]]
     assert torch.isfinite(features).all()
     features.sum().backward()
+
+
+def test_readout_gives_every_atom_the_molecule_summary():
+    """With ``readout``, an atom's features depend on atoms beyond its message-passing reach."""
+    encoder = dict(tiny_molecule_cfg()["encoder"], num_layers=1, virtual_node=False)
+    with_readout = modality(tiny_molecule_cfg(encoder=dict(encoder, readout=True)))
+    without = modality(tiny_molecule_cfg(encoder=dict(encoder, readout=False)))
+    for mod, reaches in ((with_readout, True), (without, False)):
+        torch.manual_seed(0)
+        enc = mod.build_encoder().eval()
+        # the first carbon is 1 bond from its neighbour, 5 from the far end, which differs
+        batch = mod.collate([mod.prepare(s, s).features for s in ("CCCCCC", "CCCCCCl")])
+        with torch.no_grad():
+            features, _ = enc(**batch)
+        assert torch.allclose(features[0, 0], features[1, 0], atol=1e-6) != reaches
 
 
 # ---- max atoms ---------------------------------------------------------------------------------

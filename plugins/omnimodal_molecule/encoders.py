@@ -25,16 +25,6 @@ class CategoricalEmbedding(nn.Module):
         return self.embed(x + self.offsets).sum(dim=-2)
 
 
-class ConcatEmbedding(nn.Module):
-    def __init__(self, vocab_sizes, dim, col_dim=32):
-        super().__init__()
-        self.embeds = nn.ModuleList(nn.Embedding(v, col_dim) for v in vocab_sizes)
-        self.proj = nn.Linear(col_dim * len(vocab_sizes), dim)
-
-    def forward(self, x):
-        return self.proj(torch.cat([e(x[:, i]) for i, e in enumerate(self.embeds)], -1))
-
-
 class GINEEncoder(nn.Module):
     """GIN with edge features (Hu et al. 2020, as in MoleculeSTM/MolCA), per-node LayerNorm.
 
@@ -43,7 +33,13 @@ class GINEEncoder(nn.Module):
     boolean mask of real atoms. LayerNorm rather than BatchNorm: it behaves the same for a
     one-atom molecule alone in a batch, in train and eval mode. ``virtual_node`` adds a
     per-molecule node that sums all atoms each layer and feeds back to them, so node features
-    can carry global facts (atom and ring counts) that plain message passing cannot see.
+    can carry global facts (atom and ring counts) that plain message passing cannot see; it
+    also mixes one global vector into every atom, which blurs atom identity (which elements
+    and groups are present), so the CPU-sized demo encoder leaves it off and uses ``readout``.
+    ``readout`` adds one molecule summary to every atom at the end: an MLP over the sum and max
+    of the input atom embeddings (element and group counts and presence) and the sum, mean and
+    max of the final atom features. The input atom embedding is LayerNorm'd, so atom identity
+    is on the same scale as the convolution outputs that the residual stream adds to it.
     """
 
     def __init__(
@@ -53,10 +49,7 @@ class GINEEncoder(nn.Module):
         dropout: float = 0.1,
         virtual_node: bool = True,
         residual: bool = True,
-        atom_embedding: str = "sum",
-        jk: str = "last",
-        vn_pool: str = "sum",
-        embed_norm: bool = False,
+        readout: bool = True,
     ):
         super().__init__()
         if num_layers < 1:
@@ -67,16 +60,8 @@ class GINEEncoder(nn.Module):
         self.num_layers = num_layers
         self.residual = residual
         self.dropout = nn.Dropout(dropout)
-        self.atom_embedding = atom_embedding
-        if atom_embedding == "sum":
-            self.atom_embed = CategoricalEmbedding([v for _, v in ATOM_FEATURES], hidden_dim)
-        else:
-            self.atom_embed = ConcatEmbedding([v for _, v in ATOM_FEATURES], hidden_dim)
-        self.jk = jk
-        if jk == "cat":
-            self.jk_proj = nn.Linear(hidden_dim * (num_layers + 1), hidden_dim)
-        self.vn_pool = vn_pool
-        self.embed_norm = nn.LayerNorm(hidden_dim) if embed_norm else nn.Identity()
+        self.atom_embed = CategoricalEmbedding([v for _, v in ATOM_FEATURES], hidden_dim)
+        self.atom_norm = nn.LayerNorm(hidden_dim)
         bond_vocab = [v for _, v in BOND_FEATURES]
         self.bond_embeds = nn.ModuleList(CategoricalEmbedding(bond_vocab, hidden_dim) for _ in range(num_layers))
         self.convs = nn.ModuleList(
@@ -91,13 +76,23 @@ class GINEEncoder(nn.Module):
         if virtual_node:
             self.vn_mlps = nn.ModuleList(
                 nn.Sequential(
-                    nn.Linear(hidden_dim * (3 if vn_pool == "sum_mean_max" else 1), 2 * hidden_dim),
+                    nn.Linear(hidden_dim, 2 * hidden_dim),
                     nn.ReLU(),
                     nn.Linear(2 * hidden_dim, hidden_dim),
                     nn.LayerNorm(hidden_dim),
                 )
                 for _ in range(num_layers - 1)
             )
+        self.readout = (
+            nn.Sequential(
+                nn.Linear(5 * hidden_dim, 2 * hidden_dim),
+                nn.ReLU(),
+                nn.Linear(2 * hidden_dim, hidden_dim),
+                nn.LayerNorm(hidden_dim),
+            )
+            if readout
+            else None
+        )
         self.norm_out = nn.LayerNorm(hidden_dim)
 
     def forward(
@@ -109,9 +104,8 @@ class GINEEncoder(nn.Module):
         num_atoms: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_graphs = int(num_atoms.numel())
-        h = self.embed_norm(self.atom_embed(x))
+        h = h0 = self.atom_norm(self.atom_embed(x))
         vn = h.new_zeros(n_graphs, h.shape[-1])
-        hs = [h]
         for i in range(self.num_layers):
             if self.virtual_node:
                 h = h + vn[batch]
@@ -120,16 +114,17 @@ class GINEEncoder(nn.Module):
                 out = torch.relu(out)
             out = self.dropout(out)
             h = h + out if self.residual else out
-            hs.append(h)
             if self.virtual_node and i < self.num_layers - 1:
-                pooled = global_add_pool(h, batch, size=n_graphs)
-                if self.vn_pool == "sum_mean_max":
-                    pooled = torch.cat([pooled, global_mean_pool(h, batch, size=n_graphs), global_max_pool(h, batch, size=n_graphs)], -1)
-                vn = vn + self.dropout(self.vn_mlps[i](pooled))
-        if self.jk == "cat":
-            h = self.jk_proj(torch.cat(hs, -1))
-        elif self.jk == "h0":
-            h = hs[0]
+                vn = vn + self.dropout(self.vn_mlps[i](global_add_pool(h, batch, size=n_graphs)))
+        if self.readout is not None:
+            pools = [
+                global_add_pool(h0, batch, size=n_graphs),
+                global_max_pool(h0, batch, size=n_graphs),
+                global_add_pool(h, batch, size=n_graphs),
+                global_mean_pool(h, batch, size=n_graphs),
+                global_max_pool(h, batch, size=n_graphs),
+            ]
+            h = h + self.readout(torch.cat(pools, dim=-1))[batch]
         h = self.norm_out(h)
         max_atoms = int(num_atoms.max()) if n_graphs else 0
         return to_dense_batch(h, batch, batch_size=n_graphs, max_num_nodes=max_atoms)
