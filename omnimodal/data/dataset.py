@@ -47,6 +47,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.records = records
         self.tokenizer = tokenizer
         self.by_part_type = {m.part_type: m for m in modalities.values()}
+        self.part_type_of = {m.name: m.part_type for m in modalities.values()}
         self.placeholders = {m.part_type: m.placeholder for m in modalities.values()}
         self.placeholder_ids = placeholder_ids
         self.max_length = max_length
@@ -92,7 +93,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             messages,
             self.placeholders,
             self.placeholder_ids,
-            [(self.by_part_type_name(it), it.num_tokens) for it in items],
+            [(self.part_type_of[it.modality], it.num_tokens) for it in items],
             record.source,
             self.max_length,
             add_generation_prompt=generate,
@@ -107,12 +108,6 @@ class ConversationDataset(torch.utils.data.Dataset):
             "answer": answer_text(record) if generate else None,
             "events": events,
         }
-
-    def by_part_type_name(self, item: MediaItem) -> str:
-        for part_type, modality in self.by_part_type.items():
-            if modality.name == item.modality:
-                return part_type
-        raise KeyError(item.modality)
 
     def drop_bad(self, report: SkipReport) -> None:
         """Try every sample once and drop those that fail (``data.on_error=skip``)."""
