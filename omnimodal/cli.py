@@ -250,19 +250,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     src = Path(args.input)
     if not src.is_file():
         raise ConfigError(f"input file not found: {src}")
-    rows: list[tuple[str, dict]] = []
-    with src.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{src}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict) or "messages" not in obj:
-                raise ConfigError(f"{where}: a record must be an object with 'messages'")
-            rows.append((where, obj))
+    from omnimodal.data.records import json_lines, parse_record_line
+
+    rows = [(where, parse_record_line(line, where)) for where, line in json_lines(src)]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     failed = 0

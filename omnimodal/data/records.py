@@ -111,6 +111,25 @@ def validate_messages(raw: Any, where: str, part_types: dict[str, str], require_
     return messages
 
 
+def json_lines(path: Path):
+    """Yield ``("file:line", text)`` for each non-blank line of a JSONL file."""
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield f"{path}:{lineno}", line
+
+
+def parse_record_line(line: str, where: str) -> dict[str, Any]:
+    """Parse one JSONL line into a record object with ``messages``; errors name ``where``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict) or "messages" not in obj:
+        raise DataError(f"{where}: a record must be an object with 'messages'")
+    return obj
+
+
 def read_jsonl(path: str | Path, part_types: dict[str, str], on_error: str = "raise", report: SkipReport | None = None) -> list[Record]:
     """Read and validate a JSONL file; ``on_error='skip'`` skips bad lines into ``report``."""
     path = Path(path)
@@ -119,27 +138,18 @@ def read_jsonl(path: str | Path, part_types: dict[str, str], on_error: str = "ra
     if on_error not in ("raise", "skip"):
         raise DataError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(obj, dict) or "messages" not in obj:
-                    raise DataError(f"{where}: a record must be an object with 'messages'")
-                kind = obj.get("kind")
-                if kind is not None and not isinstance(kind, str):
-                    raise DataError(f"{where}: 'kind' must be a string")
-                messages = validate_messages(obj["messages"], where, part_types)
-                records.append(Record(messages, where, path.parent, kind))
-            except DataError as exc:
-                if on_error == "raise" or report is None:
-                    raise
-                report.add(where, exc)
+    for where, line in json_lines(path):
+        try:
+            obj = parse_record_line(line, where)
+            kind = obj.get("kind")
+            if kind is not None and not isinstance(kind, str):
+                raise DataError(f"{where}: 'kind' must be a string")
+            messages = validate_messages(obj["messages"], where, part_types)
+            records.append(Record(messages, where, path.parent, kind))
+        except DataError as exc:
+            if on_error == "raise" or report is None:
+                raise
+            report.add(where, exc)
     if not records:
         raise DataError(f"{path}: no usable records")
     return records
