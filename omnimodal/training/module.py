@@ -142,6 +142,20 @@ class OmniLightningModule(L.LightningModule):
             self.model.train(mode)  # re-applies eval() to frozen parts
         return self
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by norm through FSDP itself under FSDP (Lightning's own clipping refuses it there).
+
+        ``FullyShardedDataParallel.clip_grad_norm_`` takes the norm over every rank's shard, so
+        the result is the same as clipping the whole model's gradients in one process.
+        """
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        fsdp = isinstance(self.trainer.strategy, FSDPStrategy)
+        if gradient_clip_val and fsdp and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def _step(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(**batch)
         loss = out.loss
@@ -215,3 +229,35 @@ class OmniLightningModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def trained_model(trainer: L.Trainer, module: OmniLightningModule, rebuild: Callable[[], OmniModel]) -> OmniModel | None:
+    """The trained model as a plain, whole :class:`OmniModel` on rank 0 (``None`` on other ranks).
+
+    Under FSDP each rank holds only its shard of ``module.model``'s parameters (on one device
+    too, the parameters are views into FSDP's flat buffers), so the full state dict is gathered
+    (a collective: every rank must call this) and loaded into a model from ``rebuild`` on
+    rank 0. Other strategies hold the whole model on every rank and it is returned as it is.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.model if trainer.global_rank == 0 else None
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    wrapped = trainer.strategy.model
+    if FSDP.fsdp_modules(wrapped):
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
+            state = wrapped.state_dict()
+    else:  # nothing was wrapped: the plain state dict is already whole
+        state = wrapped.state_dict()
+    if trainer.global_rank != 0:
+        return None
+    model = rebuild()
+    apply_stage(model, module.stage, module.modality_cfgs)
+    prefix = "model."
+    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    model.extra = dict(module.model.extra)
+    return model
