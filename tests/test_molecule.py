@@ -373,6 +373,20 @@ def test_demo_parts_load_through_the_modality(molecule_demo):
         assert mod.prepare(mod.item_from_part(part, molecule_demo["test"].parent), "demo").length >= 3
 
 
+def test_demo_pool_holds_only_molecules_the_modality_accepts():
+    """The NCI file has SMILES that RDKit's default parse accepts but our stricter check refuses
+    (a ferrocene's carbons); the demo pool must leave them out, or training would stop on them."""
+    from omnimodal_molecule.chem import mol_from_smiles
+    from omnimodal_molecule.demo import load_molecules
+
+    ferrocene = "CN(C)C[C-]12C3=C4C5=C1[Fe++]23456789[C-]%10C6=C7C8=C9%10"
+    assert Chem.MolFromSmiles(ferrocene) is not None
+    with pytest.raises(MediaError, match="valence"):
+        mol_from_smiles(ferrocene, "x")
+    written = {s for s, _, _ in load_molecules()}
+    assert ferrocene not in written and len(written) > 4000
+
+
 def test_demo_default_sizes():
     from omnimodal_molecule.demo import QUESTIONS, RECORDS_PER_QUESTION
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from omnimodal.errors import ConfigError
-from omnimodal.projectors import build_projector, projector_num_tokens
+from omnimodal.projectors import build_projector, masked_mean_max, projector_num_tokens
 
 D_IN, D_OUT = 12, 20
 
@@ -47,9 +47,11 @@ def test_pool_counts_follow_each_items_length_and_ignore_padding():
     assert torch.allclose(tokens[1, :2], tokens2[1, :2])
 
 
-def test_resampler_ignores_padded_positions():
+@pytest.mark.parametrize("pooled", [False, True])
+def test_resampler_ignores_padded_positions(pooled):
     torch.manual_seed(0)
-    proj = build_projector({"kind": "resampler", "num_queries": 4, "num_heads": 2}, D_IN, D_OUT).eval()
+    cfg = {"kind": "resampler", "num_queries": 4, "num_heads": 2, "pooled_queries": pooled}
+    proj = build_projector(cfg, D_IN, D_OUT).eval()
     feats = torch.randn(1, 6, D_IN)
     mask = torch.tensor([[True, True, True, False, False, False]])
     a, _ = proj(feats, mask)
@@ -58,6 +60,14 @@ def test_resampler_ignores_padded_positions():
     c, _ = proj(feats[:, :3], mask[:, :3])
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a, c, atol=1e-5)
+
+
+def test_masked_mean_max_uses_only_valid_positions():
+    feats = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [50.0, 60.0]], [[7.0, 8.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    pooled = masked_mean_max(feats, mask)
+    assert pooled[0].tolist() == [2.0, 1.0, 3.0, 4.0]  # mean, then max, padding ignored
+    assert pooled[1].tolist() == [0.0, 0.0, 0.0, 0.0]  # nothing valid: zeros, not -inf/NaN
 
 
 def test_unknown_kind_and_option_list_valid_choices():

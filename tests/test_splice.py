@@ -80,3 +80,21 @@ def test_generate_uses_the_decoders_generate(tiny_model, vision_demo):
     single = Collator(model.modalities, model.tokenizer.pad_token_id, "left")([ds[1]])
     out1 = model.generate(single["input_ids"], single["attention_mask"], single["media"], max_new_tokens=3)
     assert torch.equal(out[1, : out1.shape[1]], out1[0])
+
+
+def test_scratch_decoder_takes_its_init_scale_from_config():
+    """``decoder.initializer_range`` reaches the scratch Llama (the demo uses 0.2, not HF's 0.02)."""
+    from omnimodal.decoder import build_decoder
+    from omnimodal.model import build_tokenizer
+
+    from .conftest import tiny_decoder_cfg
+
+    cfg = tiny_decoder_cfg()
+    tok = build_tokenizer(cfg, ["What colour is the square?", "red", "blue"])
+    stds = {}
+    for scale in (0.02, 0.2):
+        torch.manual_seed(0)
+        dec = build_decoder({**cfg, "initializer_range": scale}, tok)
+        assert dec.config.initializer_range == scale
+        stds[scale] = float(dec.model.layers[0].mlp.up_proj.weight.std())
+    assert stds[0.02] == pytest.approx(0.02, rel=0.1) and stds[0.2] == pytest.approx(0.2, rel=0.1)

@@ -3,7 +3,7 @@
 Every answer is computed by RDKit. Each question's answers are balanced by subsampling, so
 the blind baseline (the most frequent training answer per question) is ``1 / #answers``.
 The split is by molecule (canonical SMILES): no molecule appears in two splits. Molecules
-RDKit rejects (a few valence errors in the NCI file), salts/mixtures and molecules outside
+the plugin's parser rejects (a few valence errors in the NCI file), salts/mixtures and molecules outside
 3-40 heavy atoms are left out of the pool.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from rdkit import Chem, RDConfig, rdBase
 from rdkit.Chem import rdMolDescriptors
 
-from omnimodal.errors import DataError
+from omnimodal.errors import DataError, MediaError
+from omnimodal_molecule.chem import mol_from_smiles
 
 SOURCE = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
 MIN_ATOMS, MAX_ATOMS = 3, 40
@@ -81,8 +82,11 @@ def load_molecules(source: Path = SOURCE) -> list[tuple[str, str, Chem.Mol]]:
         smiles = line.split()[0]
         if "." in smiles:  # salts and mixtures: not one molecule
             continue
-        mol = Chem.MolFromSmiles(smiles)
-        if mol is None or not MIN_ATOMS <= mol.GetNumHeavyAtoms() <= MAX_ATOMS:
+        try:  # the plugin's own parser, so every demo molecule is one the modality accepts
+            mol = mol_from_smiles(smiles, str(source))
+        except MediaError:
+            continue
+        if not MIN_ATOMS <= mol.GetNumHeavyAtoms() <= MAX_ATOMS:
             continue
         canonical = Chem.MolToSmiles(mol)
         if canonical in seen:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from omnimodal.errors import ConfigError
+from omnimodal.projectors import masked_mean_max
 
 POOLINGS = ("mean", "sum", "mean_max")
 
@@ -33,16 +34,11 @@ class GraphPoolProjector(nn.Module):
         return 1
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = mask.unsqueeze(-1).to(features.dtype)
-        summed = (features * w).sum(1)
         if self.pooling == "sum":
-            pooled = summed
+            pooled = (features * mask.unsqueeze(-1).to(features.dtype)).sum(1)
+        elif self.pooling == "mean_max":
+            pooled = masked_mean_max(features, mask)
         else:
-            pooled = summed / w.sum(1).clamp(min=1.0)
-            if self.pooling == "mean_max":
-                neg = torch.finfo(features.dtype).min
-                mx = features.masked_fill(~mask.unsqueeze(-1), neg).amax(1)
-                mx = torch.where(mask.any(1, keepdim=True), mx, torch.zeros_like(mx))
-                pooled = torch.cat([pooled, mx], dim=-1)
+            pooled = masked_mean_max(features, mask)[:, : features.shape[-1]]
         tokens = self.mlp(pooled).unsqueeze(1)
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
