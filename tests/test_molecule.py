@@ -387,10 +387,25 @@ def test_demo_pool_holds_only_molecules_the_modality_accepts():
     assert ferrocene not in written and len(written) > 4000
 
 
+def test_demo_train_answers_stay_balanced_when_molecules_run_short(tmp_path):
+    """Carboxylic acids are rare (~350 training molecules): asking for more acid 'yes' records
+    than that reuses molecules (train only) instead of unbalancing the answers."""
+    from collections import Counter
+
+    from omnimodal_molecule.demo import build
+
+    paths = build(tmp_path, seed=0, sizes={"train": 800, "val": 2, "test": 2})
+    acid = [r for r in _records(paths["train"]) if r["kind"] == "acid"]
+    answers = Counter(r["messages"][1]["content"][0]["text"] for r in acid)
+    assert answers == {"yes": 400, "no": 400}
+    uses = Counter(r["messages"][0]["content"][0]["smiles"] for r in acid if r["messages"][1]["content"][0]["text"] == "yes")
+    assert len(uses) < 400 and max(uses.values()) == 2  # every molecule once before any twice
+
+
 def test_demo_default_sizes():
     from omnimodal_molecule.demo import QUESTIONS, RECORDS_PER_QUESTION
 
-    assert 1600 <= len(QUESTIONS) * RECORDS_PER_QUESTION["train"] <= 2500
+    assert 5000 <= len(QUESTIONS) * RECORDS_PER_QUESTION["train"] <= 7000
     assert 100 <= len(QUESTIONS) * RECORDS_PER_QUESTION["val"] <= 200
     assert 250 <= len(QUESTIONS) * RECORDS_PER_QUESTION["test"] <= 400
 

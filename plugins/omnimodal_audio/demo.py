@@ -25,7 +25,7 @@ QUESTIONS = {
     "contour": "Does the pitch rise or fall?",
     "loudness": "Is the sound loud or quiet?",
 }
-SPLITS = {"train": 1600, "val": 100, "test": 250}
+SPLITS = {"train": 1000, "val": 100, "test": 250}
 LOW_HZ = (250.0, 500.0)
 HIGH_HZ = (1400.0, 2400.0)
 LOUD = (0.3, 0.6)

@@ -18,7 +18,7 @@ QUESTIONS = {
     "count": "How many shapes are there?",
     "position": "Where is the shape?",
 }
-SPLITS = {"train": 1600, "val": 100, "test": 250}
+SPLITS = {"train": 1000, "val": 100, "test": 250}
 SIZE = 64
 
 
