@@ -149,7 +149,12 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from omnimodal.model import OmniModel, build_modalities, build_tokenizer
     from omnimodal.training.checkpoint import AtomicCheckpointIO
     from omnimodal.training.datamodule import OmniDataModule, read_split
-    from omnimodal.training.module import OmniLightningModule, parameter_table, trained_model
+    from omnimodal.training.module import (
+        FSDPLightningModule,
+        OmniLightningModule,
+        parameter_table,
+        trained_model,
+    )
     from omnimodal.training.plot import plot_losses
     from omnimodal.training.throughput import ThroughputLogger
 
@@ -180,7 +185,9 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
     placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
     dm = OmniDataModule({**cfg["data"], "seed": int(cfg.get("seed", 0))}, files, tokenizer, modalities, placeholder_ids)
-    module = OmniLightningModule(build, cfg["stage"], cfg["modalities"], model_signature(cfg))
+    fsdp = "fsdp" in str(cfg["trainer"].get("strategy", "")).lower()
+    module_cls = FSDPLightningModule if fsdp else OmniLightningModule
+    module = module_cls(build, cfg["stage"], cfg["modalities"], model_signature(cfg))
 
     class StartReport(L.Callback):
         def on_fit_start(self, trainer, pl_module):

@@ -339,12 +339,13 @@ def test_gradient_clipping_under_fsdp_goes_through_fsdp(tiny_model):
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from omnimodal.training.module import OmniLightningModule
+    from omnimodal.training.module import FSDPLightningModule, OmniLightningModule
 
+    assert "configure_gradient_clipping" not in vars(OmniLightningModule)  # other strategies: Lightning's hook
     calls = []
     strategy = FSDPStrategy()
     strategy.model = SimpleNamespace(clip_grad_norm_=calls.append)
-    module = OmniLightningModule(tiny_model, {}, {})
+    module = FSDPLightningModule(tiny_model, {}, {})
     module._trainer = SimpleNamespace(strategy=strategy)
     module.configure_gradient_clipping(None, 1.0, "norm")
     assert calls == [1.0]

@@ -142,20 +142,6 @@ class OmniLightningModule(L.LightningModule):
             self.model.train(mode)  # re-applies eval() to frozen parts
         return self
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip by norm through FSDP itself under FSDP (Lightning's own clipping refuses it there).
-
-        ``FullyShardedDataParallel.clip_grad_norm_`` takes the norm over every rank's shard, so
-        the result is the same as clipping the whole model's gradients in one process.
-        """
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        fsdp = isinstance(self.trainer.strategy, FSDPStrategy)
-        if gradient_clip_val and fsdp and gradient_clip_algorithm in (None, "norm"):
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
     def _step(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(**batch)
         loss = out.loss
@@ -261,3 +247,24 @@ def trained_model(trainer: L.Trainer, module: OmniLightningModule, rebuild: Call
     model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
     model.extra = dict(module.model.extra)
     return model
+
+
+class FSDPLightningModule(OmniLightningModule):
+    """The module used under ``strategy=fsdp``: the same, with gradient clipping through FSDP.
+
+    A subclass rather than a branch in :class:`OmniLightningModule`: overriding the clipping
+    hook there made the SIGKILL exact-resume test fail about one run in four on the CPU (not
+    understood yet; without the override it passed 11 of 11), so other strategies keep
+    Lightning's own hook.
+    """
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by norm through FSDP itself (Lightning's own clipping refuses norm under FSDP).
+
+        ``FullyShardedDataParallel.clip_grad_norm_`` takes the norm over every rank's shard, so
+        the result is the same as clipping the whole model's gradients in one process.
+        """
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
