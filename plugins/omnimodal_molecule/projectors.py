@@ -34,11 +34,12 @@ class GraphPoolProjector(nn.Module):
         return 1
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pooling == "sum":
-            pooled = (features * mask.unsqueeze(-1).to(features.dtype)).sum(1)
-        elif self.pooling == "mean_max":
+        if self.pooling == "mean_max":
             pooled = masked_mean_max(features, mask)
         else:
-            pooled = masked_mean_max(features, mask)[:, : features.shape[-1]]
+            w = mask.unsqueeze(-1).to(features.dtype)
+            pooled = (features * w).sum(1)
+            if self.pooling == "mean":
+                pooled = pooled / w.sum(1).clamp(min=1.0)
         tokens = self.mlp(pooled).unsqueeze(1)
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
