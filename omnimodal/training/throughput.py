@@ -26,6 +26,7 @@ class ThroughputLogger(L.Callback):
         self._total_seconds = 0.0
         self._total_steps = 0
         self._seen_first = False
+        self._last = time.perf_counter()
         self._reset()
 
     def _reset(self) -> None:
@@ -53,7 +54,7 @@ class ThroughputLogger(L.Callback):
         if self._seen_first:
             self._total_samples += n
             self._total_tokens = self._total_tokens + tokens
-            self._total_seconds += now - getattr(self, "_last", now)
+            self._total_seconds += now - self._last
             self._total_steps += 1
         self._seen_first = True
         self._last = now

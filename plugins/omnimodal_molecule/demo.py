@@ -147,18 +147,15 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
             per_answer = max(1, per_question[split] // len(answers))
             for answer in answers:
                 group = by_answer[answer]
-                if split == "train" and group:
-                    picked: list[str] = []
-                    while len(picked) < per_answer:
-                        picked += rng.sample(group, min(len(group), per_answer - len(picked)))
-                    records += [_record(s, kind, answer) for s in picked]
-                    continue
-                if len(group) < per_answer:  # val/test molecules are never used twice
+                if not group or (split != "train" and len(group) < per_answer):  # val/test: no reuse
                     raise DataError(
                         f"molecule demo: only {len(group)} {split} molecules answer {answer!r} to "
                         f"{kind!r}, {per_answer} needed"
                     )
-                records += [_record(s, kind, answer) for s in rng.sample(group, per_answer)]
+                picked: list[str] = []
+                while len(picked) < per_answer:  # train: all molecules once before any twice
+                    picked += rng.sample(group, min(len(group), per_answer - len(picked)))
+                records += [_record(s, kind, answer) for s in picked]
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
