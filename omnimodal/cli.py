@@ -362,17 +362,31 @@ def _add_inference_parsers(sub) -> None:
     p.add_argument("--log-level", default="info")
 
 
+MODEL_COMMANDS = {"eval", "export", "chat", "generate", "serve"}
+
+
+def _check_install() -> None:
+    """Before any command that builds a model: torch and torchaudio must import together."""
+    from omnimodal.compat import check_torch_stack
+
+    check_torch_stack()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``omnimodal`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "train":
+            if not any(o.startswith(("-h", "--help", "--cfg", "--info", "-c", "--hydra-help")) for o in argv[1:]):
+                _check_install()
             return cmd_train(argv[1:])
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command in MODEL_COMMANDS:
+            _check_install()
         commands = {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}
         commands.update(chat=cmd_chat, generate=cmd_generate, serve=cmd_serve)
         return commands[args.command](args)

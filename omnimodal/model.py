@@ -19,19 +19,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from omnimodal.compat import check_torch_stack
 
-from omnimodal.decoder import (
+check_torch_stack()  # a clear error for a torch/torchaudio pair that cannot import together
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from omnimodal.decoder import (  # noqa: E402
     add_placeholders,
     build_decoder,
     decoder_from_config,
     load_tokenizer,
     train_bpe_tokenizer,
 )
-from omnimodal.errors import ConfigError, PluginError, SpliceError
-from omnimodal.modality import Modality
-from omnimodal.projectors import build_projector
+from omnimodal.errors import ConfigError, PluginError, SpliceError  # noqa: E402
+from omnimodal.modality import Modality  # noqa: E402
+from omnimodal.projectors import build_projector  # noqa: E402
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "omnimodal.json"

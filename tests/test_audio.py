@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("torchaudio")
-sf = pytest.importorskip("soundfile")
+from ._require import require
+
+require("torchaudio", "audio")
+sf = require("soundfile", "audio")
 
 from omnimodal.errors import ConfigError, DataError, MediaError  # noqa: E402
 from omnimodal.plugins import get_registry  # noqa: E402

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("torchaudio")
-pytest.importorskip("soundfile")
+from ._require import require
+
+require("torchaudio", "audio")
+require("soundfile", "audio")
 
 from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, question_text  # noqa: E402
 from omnimodal.data.records import Record, read_jsonl  # noqa: E402

@@ -13,10 +13,11 @@ import torch
 
 from omnimodal.errors import ConfigError, DataError, MediaError
 
+from ._require import require
 from .conftest import PYTHON, ROOT, texts_of, tiny_decoder_cfg, tiny_vision_cfg
 
-pytest.importorskip("rdkit")
-pytest.importorskip("torch_geometric")
+require("rdkit", "molecule")
+require("torch_geometric", "molecule")
 
 from rdkit import Chem  # noqa: E402
 
