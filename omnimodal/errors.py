@@ -27,6 +27,14 @@ class SpliceError(OmnimodalError):
     """Placeholder tokens and media items (or their pseudo-tokens) do not line up."""
 
 
+class EvaluationError(OmnimodalError):
+    """Training finished and the model is saved, but evaluating it failed."""
+
+
+class NonFiniteLossError(OmnimodalError):
+    """A training batch gave a NaN or infinite loss; the message names the batch's records."""
+
+
 class SampleTooLongError(DataError):
     """A sample cannot be truncated to the maximum length without losing its media or answer."""
 

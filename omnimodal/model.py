@@ -140,10 +140,17 @@ class OmniModel(nn.Module):
             f"{int(mask.sum())} pseudo-tokens from {len(per_item)} item(s) (per item: {per_item}).{where}"
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, **_: Any):
-        """Loss and logits of the decoder on text + spliced pseudo-tokens (HF output object)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, loss_reduction: str = "mean", **_: Any):
+        """Loss and logits of the decoder on text + spliced pseudo-tokens (HF output object).
+
+        ``loss_reduction="sum"`` returns the summed token loss (training divides it by the label
+        tokens of the whole optimizer step); ``"mean"`` the mean over this batch's label tokens.
+        """
         embeds = self.embed(input_ids, media, media_sources)
-        return self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
+        if labels is not None:
+            out.loss = causal_lm_loss(out.logits, labels, loss_reduction)
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: dict[str, Any] | None = None, **kwargs: Any) -> torch.Tensor:
@@ -299,6 +306,27 @@ class OmniModel(nn.Module):
 
             model.decoder = PeftModel.from_pretrained(model.decoder, directory / config["adapter"])
         return model.eval()
+
+
+def label_token_count(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens carry a loss: labels after the causal shift that are not ignored."""
+    return (labels[:, 1:] != -100).sum()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the label tokens (``-100`` ignored), in float32.
+
+    ``reduction="sum"`` gives the summed token loss, ``"mean"`` the mean over this batch's label
+    tokens (0 when there are none, instead of NaN).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    if reduction == "sum":
+        return total
+    return total / (shift_labels != -100).sum().clamp(min=1)
 
 
 def _atomic(path: Path, write) -> None:

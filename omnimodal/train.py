@@ -21,6 +21,8 @@ from omnimodal.builtin import core_config_dir
 
 log = logging.getLogger("omnimodal.train")
 
+EXIT_EVAL_FAILED = 3  # the run trained and saved its model, but evaluation failed
+
 
 def register_search_path_plugin() -> None:
     """Make sure Hydra knows omnimodal's SearchPathPlugin.
@@ -144,7 +146,7 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from omnimodal.data.dataset import answer_text, question_text
     from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
-    from omnimodal.errors import ConfigError
+    from omnimodal.errors import ConfigError, EvaluationError
     from omnimodal.evaluate import blind_baseline, evaluate, format_table
     from omnimodal.model import OmniModel, build_modalities, build_tokenizer
     from omnimodal.training.checkpoint import AtomicCheckpointIO
@@ -187,7 +189,9 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     dm = OmniDataModule({**cfg["data"], "seed": int(cfg.get("seed", 0))}, files, tokenizer, modalities, placeholder_ids)
     fsdp = "fsdp" in str(cfg["trainer"].get("strategy", "")).lower()
     module_cls = FSDPLightningModule if fsdp else OmniLightningModule
-    module = module_cls(build, cfg["stage"], cfg["modalities"], model_signature(cfg))
+    trainer_cfg = dict(cfg["trainer"])
+    skip_nonfinite = bool(trainer_cfg.pop("skip_nonfinite", False))  # omnimodal's, not Lightning's
+    module = module_cls(build, cfg["stage"], cfg["modalities"], model_signature(cfg), skip_nonfinite=skip_nonfinite)
 
     class StartReport(L.Callback):
         def on_fit_start(self, trainer, pl_module):
@@ -215,7 +219,7 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out_dir, name="tensorboard", version=version))
     except ModuleNotFoundError:
         log.info("tensorboard not installed: CSV logs only")
-    trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], **dict(cfg["trainer"]))
+    trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], **trainer_cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
@@ -241,40 +245,61 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         log.warning("data events over one pass of the training data (this rank): %s", events)
         print(f"data events over one pass of the training data: {events}", flush=True)
         result["data_events"] = module.data_events
+    if module.nonfinite_skipped:
+        skipped = module.nonfinite_skipped
+        log.warning("%d step(s) skipped for a non-finite loss (trainer.skip_nonfinite): %s", len(skipped), "; ".join(skipped))
+        print(f"skipped {len(skipped)} step(s) with a non-finite loss: " + "; ".join(skipped), flush=True)
+        result["nonfinite_skipped"] = skipped
     if dm.report.total:
         log.warning(dm.report.summary())
     plot = plot_losses(sorted((out_dir / "logs").glob("**/metrics.csv")), out_dir / "loss.png")
     if plot:
         log.info("loss curves: %s", plot)
-    if cfg.get("evaluate", True) and records.get("test"):
-        model.to(torch.device("cpu"))
-        table = evaluate(
-            model, records["test"], baseline,
-            batch_size=int(cfg["data"].get("eval_batch_size", 64)),
-            max_new_tokens=int(cfg["data"].get("max_new_tokens", 8)),
-            max_length=cfg["data"].get("max_length"),
-            out_path=out_dir / "eval.json",
-        )
-        print("\n" + format_table(table) + "\n", flush=True)
-        result["eval"] = table
+    # The model first: an evaluation that fails must not cost the user a run that trained fine.
     if cfg.get("save_model", True):
         lora_mode = cfg.get("save_lora", "merge")
         model.save_pretrained(out_dir / "model", lora=lora_mode)
         print(f"saved model to {out_dir / 'model'}", flush=True)
+    eval_error = None
+    if cfg.get("evaluate", True) and records.get("test"):
+        try:
+            model.to(torch.device("cpu"))
+            table = evaluate(
+                model, records["test"], baseline,
+                batch_size=int(cfg["data"].get("eval_batch_size", 64)),
+                max_new_tokens=int(cfg["data"].get("max_new_tokens", 8)),
+                max_length=cfg["data"].get("max_length"),
+                out_path=out_dir / "eval.json",
+            )
+            print("\n" + format_table(table) + "\n", flush=True)
+            result["eval"] = table
+        except Exception as exc:  # noqa: BLE001 - reported, and the exit code says so
+            log.exception("evaluation failed")
+            eval_error = f"{type(exc).__name__}: {exc}"
+            result["eval_error"] = eval_error
     result["total_seconds"] = time.time() - t0
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     print(f"run dir: {out_dir}  ({result['total_seconds']:.0f} s)", flush=True)
+    if eval_error is not None:
+        saved = f"the model is saved in {out_dir / 'model'}; " if cfg.get("save_model", True) else ""
+        raise EvaluationError(
+            f"training finished but evaluation failed: {eval_error}. {saved}evaluate it again with "
+            f"`omnimodal eval {out_dir}` once the cause is fixed"
+        )
     return result
 
 
 @hydra.main(version_base="1.3", config_path=str(core_config_dir()), config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: resolve the config to plain containers, then train."""
-    from omnimodal.errors import OmnimodalError
+    from omnimodal.errors import EvaluationError, OmnimodalError
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
         train(plain, run_dir())
+    except EvaluationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_EVAL_FAILED)
     except OmnimodalError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

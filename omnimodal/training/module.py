@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from omnimodal.model import OmniModel
+from omnimodal.model import OmniModel, label_token_count
 
 
 def apply_stage(model: OmniModel, stage: dict[str, Any], modality_cfgs: dict[str, dict[str, Any]]) -> None:
@@ -84,11 +84,15 @@ class OmniLightningModule(L.LightningModule):
     ``configure_model`` (so strategies such as FSDP can shard a large decoder as it is made).
     """
 
-    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None):
+    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None, skip_nonfinite: bool = False):
         super().__init__()
         self.stage = dict(stage)
         self.modality_cfgs = dict(modality_cfgs or {})
         self.data_events: dict[str, int] = {}  # e.g. {"audio.clips_cut": 3} over the first epoch
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.nonfinite_skipped: list[str] = []  # "step s, epoch e, batch b: sources" per skipped batch
+        self._window_tokens = torch.zeros((), dtype=torch.long)
+        self._window_bad = False
         self._build = None if isinstance(model, torch.nn.Module) else model
         self.model = model if isinstance(model, torch.nn.Module) else None
         if self.model is not None:
@@ -142,8 +146,8 @@ class OmniLightningModule(L.LightningModule):
             self.model.train(mode)  # re-applies eval() to frozen parts
         return self
 
-    def _step(self, batch: dict[str, Any]) -> torch.Tensor:
-        out = self.model(**batch)
+    def _step(self, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
+        out = self.model(**batch, loss_reduction=reduction)
         loss = out.loss
         if self.training and self.trainer.world_size > 1:
             loss = loss + self._touch_idle(batch)
@@ -166,14 +170,72 @@ class OmniLightningModule(L.LightningModule):
                         total = total + p.sum() * 0.0
         return total
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """The summed token loss of this micro-batch; the step's gradient is divided later.
+
+        The loss of an optimizer step is the sum of the token losses of all its label tokens
+        divided by their count, across accumulated micro-batches and DDP ranks (see
+        :meth:`on_before_optimizer_step`), so long and short answers weigh the same wherever
+        they land: accumulation 4 x batch 4 gives the gradients of batch 16.
+        """
         if self.current_epoch == 0:  # one pass over the data: report each item's events once
             for key, n in (batch.get("events") or {}).items():
                 self.data_events[key] = self.data_events.get(key, 0) + n
-        loss = self._step(batch)
+        loss_sum = self._step(batch, reduction="sum")
+        tokens = label_token_count(batch["labels"])
+        if not self._all_finite(loss_sum):
+            return self._nonfinite(batch, batch_idx, loss_sum)
+        self._window_tokens = self._window_tokens.to(tokens.device) + tokens.detach()
         n = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        return loss
+        self.log("train/loss", loss_sum.detach() / tokens.clamp(min=1), prog_bar=True, batch_size=n)
+        return loss_sum
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Is the loss finite on every rank? (All ranks must agree to skip or stop together.)"""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        return not bool(bad)
+
+    def _nonfinite(self, batch: dict[str, Any], batch_idx: int, loss: torch.Tensor) -> None:
+        """Stop naming the batch's records, or (``trainer.skip_nonfinite``) skip the whole step."""
+        from omnimodal.errors import NonFiniteLossError
+
+        sources = ", ".join(batch.get("sources") or []) or "(sources unknown)"
+        where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
+        if not self.skip_nonfinite:
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss.detach())}) at {where}; the batch's records: "
+                f"{sources}. Set trainer.skip_nonfinite=true to skip such steps instead (counted and "
+                "reported)."
+            )
+        self._window_bad = True
+        self.nonfinite_skipped.append(f"{where}: {sources}")
+        return None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Divide the accumulated gradients by the label tokens of the whole optimizer step.
+
+        Each micro-batch returned its *summed* token loss; Lightning divided it by
+        ``accumulate_grad_batches`` and DDP averaged over ranks, so multiplying by
+        ``accumulate * world_size / tokens`` (tokens all-reduced over ranks) leaves
+        sum(token losses) / tokens. A step holding a non-finite loss is dropped: every gradient
+        is set to None, so the optimizer changes nothing.
+        """
+        tokens, bad = self._window_tokens, self._window_bad
+        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        self._window_bad = False
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if bad:
+            for p in params:
+                p.grad = None
+            self.log("train/skipped_nonfinite", float(len(self.nonfinite_skipped)), batch_size=1)
+            return
+        if self.trainer.world_size > 1:
+            tokens = self.trainer.strategy.reduce(tokens.to(self.device), reduce_op="sum")
+        scale = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / tokens.clamp(min=1).to(torch.float32)
+        if params:
+            torch._foreach_mul_([p.grad for p in params], scale.to(params[0].grad.device))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch)
