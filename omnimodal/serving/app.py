@@ -150,8 +150,10 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+        # Never echo exception text, stacks or paths to a client: the log has them, under an id.
+        incident = uuid.uuid4().hex[:12]
+        log.exception("internal error %s on %s", incident, request.url.path)
+        return _error(500, f"internal server error (incident {incident}; details are in the server log)", "server_error")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -167,6 +169,7 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         if body.model != settings.model_name:
             raise APIError(404, f"the model {body.model!r} does not exist; this server serves {settings.model_name!r}", param="model", code="model_not_found")
+        _check_text(body.model_dump(exclude_none=True))
         options = _options(body, settings)
         messages = [m.as_record() for m in body.messages]
         try:
@@ -204,6 +207,27 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
 
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     return app
+
+
+def _check_text(value: Any, path: str = "") -> None:
+    """Every string of the request must be encodable as UTF-8.
+
+    JSON may carry lone UTF-16 surrogates (``"\\ud800"``); Python decodes them into strings
+    that tokenizers and chat templates refuse with a ``TypeError`` deep inside.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise APIError(400, f"{path or 'body'}: text is not valid UTF-8 (a lone UTF-16 surrogate at character {exc.start})",
+                           param=path or None, code="invalid_text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path)
+            _check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_text(item, f"{path}.{i}")
 
 
 def _options(body: ChatCompletionRequest, settings: ServerSettings) -> GenerationOptions:
@@ -249,8 +273,12 @@ async def _sse(job: Job, rid: str, model: str, include_usage: bool) -> AsyncIter
                 break
             else:
                 err = value
-                status_type = "invalid_request_error" if isinstance(err, OmnimodalError) else "server_error"
-                yield f"data: {json.dumps(error_body(f'{type(err).__name__}: {err}', status_type))}\n\n"
+                if isinstance(err, OmnimodalError):
+                    body = error_body(str(err), "invalid_request_error")
+                else:  # never echo an unexpected exception's text to the client
+                    log.error("generation failed for %s: %s: %s", rid, type(err).__name__, err)
+                    body = error_body(f"internal server error while generating (request {rid}; details are in the server log)", "server_error")
+                yield f"data: {json.dumps(body)}\n\n"
                 break
         yield "data: [DONE]\n\n"
     finally:
