@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from omnimodal.data.chat import IGNORE_INDEX, encode
+from omnimodal.data.chat import IGNORE_INDEX, EncodedText, encode
 from omnimodal.data.records import Record, SkipReport
-from omnimodal.errors import DataError, OmnimodalError
+from omnimodal.errors import ConfigError, DataError, OmnimodalError, SampleTooLongError
 from omnimodal.modality import MediaItem, Modality
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,32 @@ def question_text(record: Record) -> str:
     return "\n".join(p["text"] for m in prompt_messages(record) if m["role"] != "assistant" for p in m["content"] if p["type"] == "text")
 
 
+def _label_runs(labels: list[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each contiguous run of label tokens (one per answer turn)."""
+    runs, start = [], None
+    for i, lab in enumerate([*labels, IGNORE_INDEX]):
+        if lab != IGNORE_INDEX and start is None:
+            start = i
+        elif lab == IGNORE_INDEX and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def truncation_events(full: EncodedText, cut: EncodedText) -> dict[str, int]:
+    """What cutting ``full`` down to ``cut`` dropped, per reason (zero counts left out)."""
+    end = len(cut.input_ids)
+    runs = _label_runs(full.labels)
+    events = {
+        "truncation.samples": 1,
+        "truncation.media_dropped": len(full.spans) - cut.kept_items,
+        "truncation.answer_turns_dropped": sum(1 for s, _ in runs if s >= end),
+        "truncation.answer_turns_cut": sum(1 for s, e in runs if s < end < e),
+        "truncation.label_tokens_dropped": sum(e - max(s, end) for s, e in runs if e > end),
+    }
+    return {k: v for k, v in events.items() if v}
+
+
 class ConversationDataset(torch.utils.data.Dataset):
     """Turns records into samples; ``mode='train'`` gives labels, ``'generate'`` a prompt + answer."""
 
@@ -43,6 +69,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         placeholder_ids: dict[str, int],
         max_length: int | None = None,
         mode: str = "train",
+        on_truncate: str = "count",
     ):
         self.records = records
         self.tokenizer = tokenizer
@@ -52,6 +79,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.placeholder_ids = placeholder_ids
         self.max_length = max_length
         self.mode = mode
+        if on_truncate not in ("count", "error"):
+            raise ConfigError(f"data.on_truncate must be 'count' or 'error', got {on_truncate!r}")
+        self.on_truncate = on_truncate
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,16 +118,25 @@ class ConversationDataset(torch.utils.data.Dataset):
             for key, n in m.counters.items()
             if n != before[m.name].get(key, 0)
         }
-        enc = encode(
-            self.tokenizer,
-            messages,
-            self.placeholders,
-            self.placeholder_ids,
-            [(self.part_type_of[it.modality], it.num_tokens) for it in items],
-            record.source,
-            self.max_length,
-            add_generation_prompt=generate,
-        )
+        item_tokens = [(self.part_type_of[it.modality], it.num_tokens) for it in items]
+        args = (self.tokenizer, messages, self.placeholders, self.placeholder_ids, item_tokens, record.source)
+        if generate:
+            enc = encode(*args, self.max_length, add_generation_prompt=True)
+        else:
+            enc = encode(*args, None)
+            if self.max_length is not None and len(enc.input_ids) > self.max_length:
+                cut = encode(*args, self.max_length)
+                dropped = truncation_events(enc, cut)
+                if self.on_truncate == "error":
+                    what = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in dropped.items() if k != "truncation.samples")
+                    raise SampleTooLongError(
+                        f"{record.source}: {len(enc.input_ids)} tokens exceed data.max_length={self.max_length}; "
+                        f"truncating would drop {what or 'only non-answer tokens'} (data.on_truncate=error; "
+                        "use on_truncate=count to cut and count instead)"
+                    )
+                for key, n in dropped.items():
+                    events[key] = events.get(key, 0) + n
+                enc = cut
         return {
             "input_ids": enc.input_ids,
             "labels": enc.labels,

@@ -110,7 +110,8 @@ class OmniDataModule(L.LightningDataModule):
     def dataset(self, split: str, mode: str = "train") -> ConversationDataset:
         """A dataset over one split's records."""
         records = self.load_records().get(split, [])
-        ds = ConversationDataset(records, self.tokenizer, self.modalities, self.placeholder_ids, self.cfg.get("max_length"), mode)
+        ds = ConversationDataset(records, self.tokenizer, self.modalities, self.placeholder_ids, self.cfg.get("max_length"), mode,
+                                 on_truncate=self.cfg.get("on_truncate", "count"))
         if self.cfg.get("on_error", "raise") == "skip":
             ds.drop_bad(self.report)
         return ds
