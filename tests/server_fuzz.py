@@ -158,7 +158,7 @@ def main() -> int:
     demo = build(tmp / "demo", seed=0, sizes={"train": 40, "val": 4, "test": 4})
     build_tiny_model(demo, extras=True).save_pretrained(tmp / "model")
     cmd = [sys.executable, "-m", "omnimodal.cli", "serve", "--model", str(tmp / "model"), "--port", str(args.port),
-           "--max-request-bytes", "200000", "--max-tokens", "16", "--device", "cpu", "--log-level", "warning"]
+           "--served-model-name", MODEL, "--max-request-bytes", "200000", "--max-tokens", "16", "--device", "cpu", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
     base = f"http://127.0.0.1:{args.port}"
     client = httpx.Client(base_url=base, timeout=60)
