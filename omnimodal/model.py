@@ -140,13 +140,19 @@ class OmniModel(nn.Module):
             f"{int(mask.sum())} pseudo-tokens from {len(per_item)} item(s) (per item: {per_item}).{where}"
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, loss_reduction: str = "mean", **_: Any):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, loss_reduction: str = "mean", segment_ids: torch.Tensor | None = None, **_: Any):
         """Loss and logits of the decoder on text + spliced pseudo-tokens (HF output object).
 
         ``loss_reduction="sum"`` returns the summed token loss (training divides it by the label
         tokens of the whole optimizer step); ``"mean"`` the mean over this batch's label tokens.
+        ``segment_ids`` (packed rows, see :mod:`omnimodal.data.packing`) replace the attention
+        mask by a block-diagonal causal 4-D mask, so packed conversations never see each other.
         """
         embeds = self.embed(input_ids, media, media_sources)
+        if segment_ids is not None:
+            from omnimodal.data.packing import block_causal_mask
+
+            attention_mask = block_causal_mask(segment_ids, embeds.dtype)
         out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
         if labels is not None:
             out.loss = causal_lm_loss(out.logits, labels, loss_reduction)

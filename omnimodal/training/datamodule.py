@@ -11,6 +11,7 @@ from torch.utils.data import DistributedSampler
 
 from omnimodal.data.dataset import Collator, ConversationDataset
 from omnimodal.data.records import Record, SkipReport, read_jsonl
+from omnimodal.errors import ConfigError
 from omnimodal.modality import Modality
 
 log = logging.getLogger(__name__)
@@ -130,12 +131,19 @@ class OmniDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochShuffleSampler(dataset, world, rank, int(self.cfg.get("seed", 0)), shuffle=shuffle)
+        collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side)
+        if self.cfg.get("packing", False):
+            from omnimodal.data.packing import PackingCollator
+
+            if not self.cfg.get("max_length"):
+                raise ConfigError("data.packing=true needs data.max_length (the length of a packed row)")
+            collate = PackingCollator(collate, int(self.cfg["max_length"]))
         return StatefulDataLoader(
             dataset,
             sampler=sampler,
             batch_size=batch_size,
             num_workers=workers,
-            collate_fn=Collator(self.modalities, self.tokenizer.pad_token_id, padding_side),
+            collate_fn=collate,
             persistent_workers=workers > 0,
         )
 
