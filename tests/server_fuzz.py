@@ -173,7 +173,14 @@ def main() -> int:
         failures: list[str] = []
 
         def send(content: bytes, content_type: str = "application/json") -> None:
-            r = client.post("/v1/chat/completions", content=content, headers={"content-type": content_type})
+            # A fresh connection per request: a reused keep-alive connection can race the
+            # server's idle timeout (5 s) while hypothesis is busy, which is not the server's fault.
+            try:
+                r = client.post("/v1/chat/completions", content=content,
+                                headers={"content-type": content_type, "connection": "close"})
+            except httpx.TransportError as exc:
+                failures.append(f"transport error {type(exc).__name__}: {exc} for {content[:200]!r}")
+                return
             counts[r.status_code] = counts.get(r.status_code, 0) + 1
             why = check_response(r.status_code, r.content, r.headers.get("content-type", ""))
             if why:
