@@ -14,10 +14,18 @@ from omnimodal.specs import DemoSpec, ModalitySpec, ProjectorSpec
 __version__ = "0.1.0"
 hookimpl_marker = hookimpl
 
-__all__ = ["API_VERSION", "DemoSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "hookimpl", "load", "__version__"]
+__all__ = [
+    "API_VERSION", "DemoSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "compose",
+    "hookimpl", "load", "__version__",
+]
 
 
-_LAZY = {"load": "omnimodal.inference", "Pipeline": "omnimodal.inference", "GenerationOptions": "omnimodal.inference"}
+_LAZY = {
+    "load": "omnimodal.inference",
+    "Pipeline": "omnimodal.inference",
+    "GenerationOptions": "omnimodal.inference",
+    "compose": "omnimodal.api",
+}
 
 
 def __getattr__(name: str) -> Any:
