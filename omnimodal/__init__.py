@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 hookimpl_marker = hookimpl
 
 __all__ = [
-    "API_VERSION", "DemoSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "compose",
+    "API_VERSION", "DemoSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "Run", "compose", "fit",
     "hookimpl", "load", "__version__",
 ]
 
@@ -25,6 +25,8 @@ _LAZY = {
     "Pipeline": "omnimodal.inference",
     "GenerationOptions": "omnimodal.inference",
     "compose": "omnimodal.api",
+    "fit": "omnimodal.api",
+    "Run": "omnimodal.api",
 }
 
 

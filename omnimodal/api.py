@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,103 @@ def _key_hint(dotted: str, overrides: list[str]) -> str:
     if node is None or not hasattr(node, "keys"):
         return ""
     return did_you_mean(leaf, [str(k) for k in node.keys()])
+
+
+@dataclass
+class Run:
+    """What :func:`fit` returns: the run directory, the trained model, its metrics and evaluation."""
+
+    dir: Path
+    model: Any  # OmniModel (None on DDP ranks above 0)
+    metrics: dict[str, float] = field(default_factory=dict)  # last logged values (train/loss, val/loss...)
+    eval: dict[str, Any] | None = None  # the eval.json table, when the run evaluated
+    summary: dict[str, Any] = field(default_factory=dict)  # result.json
+
+
+# Strategies that start one process per device by re-running the command line: from a script
+# that is fine (each rank runs the script again), from a notebook or REPL it cannot work.
+_RELAUNCHING = ("ddp", "ddp_spawn", "deepspeed", "fsdp", "ddp_find_unused_parameters_true")
+
+
+def fit(cfg: Any, model: Any = None, output_dir: str | Path | None = None) -> Run:
+    """Train in-process exactly as ``omnimodal train`` does (callbacks, checkpoints, eval.json, ``model/``).
+
+    ``cfg`` is what :func:`compose` returns (or a plain dict of the same shape). ``model`` starts
+    from a model in memory (e.g. ``run.model`` of an earlier stage) instead of building one.
+    ``output_dir`` defaults to ``outputs/<date>/<time>`` under the working directory, as the CLI.
+
+    What it changes it puts back when it returns: logging levels and handlers, warning filters,
+    environment variables (``PL_GLOBAL_SEED``...) and the random generators of ``random``, NumPy
+    and torch. It does not change the working directory. Single-process training and
+    Lightning's ``ddp_notebook`` work here; a strategy that relaunches the command line
+    (``ddp``, ``fsdp``, ``deepspeed`` on several devices) works from a script, not from a
+    notebook or REPL (then a :class:`~omnimodal.errors.ConfigError` says how to launch it).
+    """
+    import datetime
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from omnimodal.train import train
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain.pop("hydra", None)
+    _check_strategy(plain.get("trainer") or {})
+    if output_dir is None:
+        output_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with _restored_state():
+        result = train(plain, out, model=model)
+    trained = result.pop("model", None)
+    return Run(dir=out, model=trained, metrics=dict(result.get("metrics") or {}), eval=result.get("eval"), summary=result)
+
+
+def _check_strategy(trainer: dict[str, Any]) -> None:
+    from lightning.fabric.utilities.imports import _IS_INTERACTIVE
+
+    strategy = str(trainer.get("strategy", "auto")).lower()
+    devices = trainer.get("devices", 1)
+    several = str(devices) not in ("1", "auto", "[0]") or int(trainer.get("num_nodes", 1) or 1) > 1
+    if _IS_INTERACTIVE and several and strategy in _RELAUNCHING:
+        raise ConfigError(
+            f"trainer.strategy={strategy} starts one process per device by re-running the command line, "
+            "which a notebook or REPL cannot do. Use trainer.strategy=ddp_notebook here, or put the "
+            "fit() call in a script and run it with python (or run `omnimodal train ...`)."
+        )
+
+
+@contextmanager
+def _restored_state() -> Iterator[None]:
+    """Put back logging, warning filters, environment variables and RNG states on exit."""
+    import logging
+    import os
+    import random
+    import warnings
+
+    import numpy as np
+    import torch
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    saved_logs = [(lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers]
+    environ = dict(os.environ)
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+           torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    with warnings.catch_warnings():
+        try:
+            yield
+        finally:
+            for lg, level, handlers, propagate, disabled in saved_logs:
+                lg.setLevel(level)
+                lg.handlers[:] = handlers
+                lg.propagate, lg.disabled = propagate, disabled
+            for key in set(os.environ) - set(environ):
+                del os.environ[key]
+            os.environ.update(environ)
+            random.setstate(rng[0])
+            np.random.set_state(rng[1])
+            torch.set_rng_state(rng[2])
+            if rng[3] is not None:
+                torch.cuda.set_rng_state_all(rng[3])
 
 
 def evaluate(

@@ -132,13 +132,18 @@ def no_cudnn_attention():
         torch.backends.cuda.enable_cudnn_sdp(previous)
 
 
-def train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Train, evaluate and save one run described by the plain-dict config ``cfg``."""
+def train(cfg: dict[str, Any], out_dir: Path, model: Any = None) -> dict[str, Any]:
+    """Train, evaluate and save one run described by the plain-dict config ``cfg``.
+
+    ``model`` (an :class:`~omnimodal.model.OmniModel` in memory) replaces building one (or
+    ``init_from``). Returns the run summary written to ``result.json``, plus ``"model"`` (the
+    trained model, rank 0 only), which is not written.
+    """
     with no_cudnn_attention():
-        return _train(cfg, out_dir)
+        return _train(cfg, out_dir, model)
 
 
-def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, Any]:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -168,7 +173,13 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     files = resolve_files(cfg)
     model_cfg = {"decoder": cfg["decoder"], "modalities": cfg["modalities"]}
     grad_ckpt = bool(cfg["decoder"].get("gradient_checkpointing", False))
-    if cfg.get("init_from"):
+    if given is not None:
+        if set(given.modalities) != set(cfg["modalities"]):
+            raise ConfigError(f"model= has modalities {sorted(given.modalities)} but the run selects {sorted(cfg['modalities'])}")
+        model = given
+        tokenizer, modalities = model.tokenizer, model.modalities
+        build = model
+    elif cfg.get("init_from"):
         model = load_init(cfg)
         tokenizer, modalities = model.tokenizer, model.modalities
         build = model
@@ -230,6 +241,10 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"train_seconds": time.time() - t0, "global_step": trainer.global_step, "throughput": throughput.summary}
 
     def rebuild() -> OmniModel:
+        if given is not None:
+            import copy
+
+            return copy.deepcopy(given)
         return load_init(cfg) if cfg.get("init_from") else build()
 
     model = trained_model(trainer, module, rebuild)  # whole on rank 0 also under FSDP (a collective)
@@ -278,7 +293,9 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             eval_error = f"{type(exc).__name__}: {exc}"
             result["eval_error"] = eval_error
     result["total_seconds"] = time.time() - t0
+    result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    result["model"] = model
     print(f"run dir: {out_dir}  ({result['total_seconds']:.0f} s)", flush=True)
     if eval_error is not None:
         saved = f"the model is saved in {out_dir / 'model'}; " if cfg.get("save_model", True) else ""

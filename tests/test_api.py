@@ -52,3 +52,42 @@ def test_compose_inside_an_initialised_hydra_context_puts_it_back(tmp_path):
         cfg = omnimodal.compose(["modalities=[vision]"])
         assert list(cfg.modalities) == ["vision"]
         assert hydra_compose(config_name="app").answer == 42  # the user's context still works
+
+
+def _tiny_run_overrides(vision_demo) -> list[str]:
+    from .test_training import TINY
+
+    data = [f"data.{split}={vision_demo[split]}" for split in ("train", "val", "test")]
+    return ["modalities=[vision]", *TINY, *data, "trainer.max_steps=3", "trainer.max_epochs=1"]
+
+
+@pytest.mark.slow
+def test_fit_twice_in_one_process_chains_stages_and_restores_global_state(vision_demo, tmp_path):
+    import logging
+    import os
+    import warnings
+
+    import torch
+
+    overrides = _tiny_run_overrides(vision_demo)
+    before_env, before_filters = dict(os.environ), list(warnings.filters)
+    before_levels = {name: logging.getLogger(name).level for name in ("", "lightning.pytorch", "omnimodal")}
+    before_rng = torch.get_rng_state()
+
+    run = omnimodal.fit(omnimodal.compose(overrides), output_dir=tmp_path / "align")
+    assert isinstance(run, omnimodal.Run) and run.dir == (tmp_path / "align").resolve()
+    assert (run.dir / "model" / "omnimodal.json").is_file() and (run.dir / "eval.json").is_file()
+    n_test = len(vision_demo["test"].read_text().splitlines())
+    assert run.eval["vision"]["overall"]["n"] == n_test and "train/loss" in run.metrics
+    assert run.summary["global_step"] == 3
+
+    assert dict(os.environ) == before_env, "fit must not leave PL_GLOBAL_SEED & co. behind"
+    assert list(warnings.filters) == before_filters
+    assert {name: logging.getLogger(name).level for name in before_levels} == before_levels
+    assert torch.equal(torch.get_rng_state(), before_rng)
+
+    sft = omnimodal.fit(omnimodal.compose([*overrides, "stage=sft"]), model=run.model, output_dir=tmp_path / "sft")
+    assert sft.summary["global_step"] == 3 and (sft.dir / "model" / "model.safetensors").is_file()
+    loaded = omnimodal.load(sft.dir / "model").model
+    for key, value in sft.model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
