@@ -46,9 +46,13 @@ class RemoteMediaError(MediaError):
     """A media part points at a remote URL and fetching remote media is not enabled."""
 
 
+MIN_SAMPLING_TEMPERATURE = 1e-4  # below it generation is greedy (as temperature=0)
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed takes
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to generate: greedy when ``temperature`` is 0, else sampling with ``top_p``.
+    """How to generate: greedy when ``temperature`` is 0 (or below 1e-4), else sampling with ``top_p``.
 
     ``stop`` strings end the answer (they are not included); ``seed`` makes sampling
     reproducible; ``ignore_eos`` always generates ``max_new_tokens`` (for benchmarks).
@@ -72,13 +76,17 @@ class GenerationOptions:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ConfigError(f"seed must be a 64-bit integer, got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(f"stop strings must be non-empty strings, got {self.stop!r}")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers``' ``generate``."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0}
-        if self.temperature > 0:
+        # A temperature this small is greedy in effect, and dividing logits by it overflows to inf.
+        sample = self.temperature >= MIN_SAMPLING_TEMPERATURE
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample}
+        if sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
         if self.ignore_eos:
             kwargs["min_new_tokens"] = self.max_new_tokens

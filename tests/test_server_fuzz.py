@@ -67,3 +67,21 @@ def test_lone_surrogates_are_a_400_naming_the_field(client, text):
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == "messages.0.content.0.text" and "UTF-8" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "extra, status",
+    [({"seed": 2**64 + 1}, 400), ({"seed": -(2**63)}, 200), ({"temperature": 5e-324, "seed": 1}, 200),
+     ({"temperature": 1e-300, "top_p": 5e-324}, 200)],
+)
+def test_edge_numbers_found_by_the_long_fuzz(client, extra, status):
+    r = _post(client, encode_body({**VALID, **extra}))
+    assert r.status_code == status, r.text
+
+
+def test_undecodable_media_errors_do_not_show_object_addresses(client):
+    import base64
+
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"not an image").decode()}}
+    r = _post(client, encode_body({"model": "omnimodal", "messages": [{"role": "user", "content": [part]}]}))
+    assert r.status_code == 400 and "0x" not in r.json()["error"]["message"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -61,8 +62,12 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, param, code), status_code=status)
+    # Media decoders name in-memory buffers by their repr (an address): say "the data" instead.
+    return JSONResponse(error_body(_OBJECT_REPR.sub("the data", message), type_, param, code), status_code=status)
 
 
 class BodyLimit:
@@ -170,7 +175,10 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
         if body.model != settings.model_name:
             raise APIError(404, f"the model {body.model!r} does not exist; this server serves {settings.model_name!r}", param="model", code="model_not_found")
         _check_text(body.model_dump(exclude_none=True))
-        options = _options(body, settings)
+        try:
+            options = _options(body, settings)
+        except ConfigError as exc:
+            raise APIError(400, str(exc)) from exc
         messages = [m.as_record() for m in body.messages]
         try:
             prompt = await run_in_threadpool(pipeline.prepare, messages, None, "request", True, settings.max_media_items, fetch)
