@@ -154,7 +154,7 @@ class _MediaAction(argparse.Action):
             if not sep or not kind or not value:
                 parser.error(f"--part takes TYPE=VALUE (a part type or modality name, e.g. --part points=cloud.npy), got {values!r}")
         else:
-            kind, value = str(option_string).lstrip("-"), values
+            kind, value = str(option_string), values  # "--image": named so in errors
         items.append((kind, value))
         namespace.media = items
 
@@ -180,11 +180,13 @@ def _media_part(kind: str, value: str, modalities: dict) -> dict:
     ``kind`` is one of a modality's ``cli_flags``, its part type or its name (from its spec);
     the part then goes through the modality's ``item_from_part`` like a data-file part.
     """
+    name = kind.removeprefix("--")
     for modality in modalities.values():
-        if kind in modality.spec.cli_names():
+        if name in modality.spec.cli_names():
             return modality.cli_part(value)
     valid = sorted({n for m in modalities.values() for n in m.spec.cli_names()})
-    raise ConfigError(f"this model has no modality for {kind!r} (it takes: {', '.join(valid) or 'no media'})")
+    shown = kind if kind.startswith("--") else f"--part {kind}="
+    raise ConfigError(f"this model has no modality for {shown} (it takes: --part {'|'.join(valid) or '(no media)'}=VALUE)")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

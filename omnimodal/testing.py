@@ -15,9 +15,9 @@ omnimodal's own suite runs the same check over every registered modality.
 (:meth:`~omnimodal.modality.Modality.example_items`) and checks, naming the modality, the
 item and the step on failure:
 
-1. data side, without any encoder built: ``prepare`` gives ``length == encoder_length(features)``
-   and ``num_tokens`` from the projector; ``prepare`` and ``build_encoder`` leave the config as
-   it was;
+1. data side, as a data worker: ``prepare`` gives ``length == encoder_length(features)`` and
+   ``num_tokens`` from the projector without creating any weight (no encoder is built);
+   ``prepare`` and ``build_encoder`` leave the config as it was;
 2. each item alone through encoder + projector: the encoder emits exactly ``length`` valid
    positions and the projector exactly ``num_tokens``; masks are boolean, shaped like the
    features, and all values at valid positions are finite;
@@ -38,6 +38,7 @@ import copy
 import random
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class ContractReport:
     lengths: list[int] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    raws: list[Any] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
         return (
@@ -137,23 +139,14 @@ def check_modality(
     report = ContractReport(name, cfg)
     torch.manual_seed(seed)
 
-    # 1. data side, as a data worker sees it: no encoder built
+    # 1. data side, as a data worker sees it: no encoder built, no weights created
     data_side = _new_modality(name, cfg)
     resolved = copy.deepcopy(data_side.cfg)
-    raws = data_side.example_items(random.Random(seed), n_items)
-    _expect(len(raws) == n_items, name, "example_items", f"asked for {n_items} items, got {len(raws)}")
-    report.sources = [f"{name} example item {i}" for i in range(n_items)]
-    items = []
-    for raw, source in zip(raws, report.sources):
-        try:
-            item = data_side.prepare(raw, source)
-        except OmnimodalError as exc:
-            raise ContractError(f"{name}: prepare refused its own example item ({source}): {exc}") from exc
-        length = data_side.encoder_length(item.features)
-        _expect(item.length == length, name, "encoder_length", f"{source}: prepare gave length {item.length}, encoder_length gives {length}")
-        _expect(item.num_tokens == data_side.num_tokens(item.length) and item.num_tokens >= 1, name, "num_tokens", f"{source}: {item.num_tokens} pseudo-tokens for length {item.length}")
-        items.append(item)
+    with _count_parameters() as created:
+        items = _prepare_examples(name, data_side, n_items, seed, report)
+    _expect(not created, name, "data side", f"preparing items created {len(created)} weight tensor(s) (shapes {created[:3]}); data workers must count tokens without building an encoder")
     _expect(data_side.cfg == resolved, name, "prepare", f"preparing items changed the config ({_diff(resolved, data_side.cfg)})")
+    raws = report.raws
     report.lengths = [it.length for it in items]
     report.num_tokens = [it.num_tokens for it in items]
     report.checks.append("token counts without an encoder")
@@ -236,6 +229,44 @@ def check_modality(
         raise ContractError(f"{name}: bad item {raw!r:.60} was accepted (expected a DataError naming {source!r})")
     report.checks.append("bad items named")
     return report
+
+
+def _prepare_examples(name: str, modality, n_items: int, seed: int, report: ContractReport) -> list:
+    """``example_items`` -> ``prepare`` each; token counts checked against ``encoder_length``."""
+    raws = modality.example_items(random.Random(seed), n_items)
+    _expect(len(raws) == n_items, name, "example_items", f"asked for {n_items} items, got {len(raws)}")
+    report.raws = raws
+    report.sources = [f"{name} example item {i}" for i in range(n_items)]
+    items = []
+    for raw, source in zip(raws, report.sources):
+        try:
+            item = modality.prepare(raw, source)
+        except OmnimodalError as exc:
+            raise ContractError(f"{name}: prepare refused its own example item ({source}): {exc}") from exc
+        length = modality.encoder_length(item.features)
+        _expect(item.length == length, name, "encoder_length", f"{source}: prepare gave length {item.length}, encoder_length gives {length}")
+        _expect(item.num_tokens == modality.num_tokens(item.length) and item.num_tokens >= 1, name, "num_tokens", f"{source}: {item.num_tokens} pseudo-tokens for length {item.length}")
+        items.append(item)
+    return items
+
+
+@contextmanager
+def _count_parameters():
+    """Record the shape of every ``torch.nn.Parameter`` created inside the block."""
+    from torch.nn import Parameter
+
+    created: list[tuple[int, ...]] = []
+    original = Parameter.__new__
+
+    def counting(cls, data=None, requires_grad=True):
+        created.append(tuple(data.shape) if data is not None else ())
+        return original(cls, data, requires_grad)
+
+    Parameter.__new__ = counting
+    try:
+        yield created
+    finally:
+        Parameter.__new__ = original
 
 
 def _new_modality(name: str, cfg: dict[str, Any]):

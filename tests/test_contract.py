@@ -91,6 +91,7 @@ def test_one_line_contract_test_for_plugin_authors(pointcloud, tmp_path):
     "bug, message",
     [
         ("length_off_by_one", r"step 'encoder length' failed: .*emits \[\d+\] valid positions, the data side declared \[\d+\]"),
+        ("encoder_in_data_worker", r"step 'data side' failed: preparing items created \d+ weight tensor"),
         ("mutate_cfg", r"build_encoder changed its config \(keys encoder.built\)"),
         ("leak_padding", r"pointcloud example item \d gives other encoder features in a mixed-size batch"),
         ("anonymous_error", r"does not name the item \('pointcloud bad item 0'\)"),

@@ -79,6 +79,10 @@ class PointCloud(Modality):
 
     def encoder_length(self, features: dict[str, Any]) -> int:
         n = features["points"].shape[0]
+        if self.cfg.get("bug") == "encoder_in_data_worker":  # counts by running an encoder
+            enc = {k: v for k, v in self.cfg["encoder"].items() if k != "kind"}
+            with torch.no_grad():
+                return int(PointEncoder(**enc)(**self.collate([features]))[1].sum())
         if self.cfg.get("bug") == "length_off_by_one":
             return grouped_length(n, int(self.cfg["encoder"]["group"])) + 1
         return grouped_length(n, int(self.cfg["encoder"]["group"]))
