@@ -13,7 +13,13 @@ import pytest
 import transformers
 
 from omnimodal import plugins
-from omnimodal.testing import ContractError, check_modality, default_config, modality_contract_test, registered_modalities
+from omnimodal.testing import (
+    ContractError,
+    check_modality,
+    default_config,
+    modality_contract_test,
+    registered_modalities,
+)
 
 from .conftest import tiny_vision_cfg
 from .test_audio import save_tiny_whisper

@@ -206,11 +206,12 @@ def test_third_party_part_works_end_to_end_with_only_its_plugin(third_party, tmp
     monkeypatch.setenv("OMNIMODAL_DISABLE_PLUGINS", BUILTIN_MODALITY_PLUGINS)
     monkeypatch.syspath_prepend(str(third_party))
     plugins.reset()
+    from omnimodal_pointcloud.modality import PointCloud
+
     import omnimodal
     from omnimodal.cli import main
     from omnimodal.model import OmniModel
     from omnimodal.testing import TINY_DECODER, default_config
-    from omnimodal_pointcloud.modality import PointCloud
 
     assert sorted(get_registry().modalities) == ["pointcloud"]
     model = OmniModel.from_config({"decoder": TINY_DECODER, "modalities": {"pointcloud": default_config("pointcloud")}}, texts=["what is this?", "a cube", "a sphere"])
@@ -237,5 +238,17 @@ def test_third_party_part_works_end_to_end_with_only_its_plugin(third_party, tmp
     pipe = omnimodal.load(tmp_path / "model", device="cpu")
     prompt = pipe.prepare([{"role": "user", "content": [{"type": "input_points", "input_points": {"data": [[0, 0, 0], [1, 2, 3]]}}, {"type": "text", "text": "hi"}]}], api=True)
     assert [it.num_tokens for it in prompt.sample["items"]] == [8]
+    from fastapi.testclient import TestClient
+
+    from omnimodal.serving.app import create_app
+
+    def ask(part):
+        body = {"model": "omnimodal", "max_tokens": 2, "temperature": 0, "messages": [{"role": "user", "content": [part, {"type": "text", "text": "hi"}]}]}
+        return http.post("/v1/chat/completions", json=body)
+
+    with TestClient(create_app(pipe)) as http:
+        assert ask({"type": "input_points", "input_points": {"data": [[0, 0, 0], [1, 2, 3]]}}).status_code == 200
+        refused = ask({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})
+        assert refused.status_code == 400 and "input_points" in refused.json()["error"]["message"]
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "llava", "--output", str(tmp_path / "x")]) == 2
     assert "Unknown export format 'llava'" in capsys.readouterr().err
