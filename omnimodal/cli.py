@@ -41,11 +41,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             for name in p.modalities:
                 spec = registry.modalities.get(name)
                 if spec is not None:
-                    print(f"    modality {name}: part type {spec.part_type!r}, placeholder {spec.placeholder}, API parts {list(spec.api_part_types)}")
+                    flags = f", chat flags {' '.join('--' + f for f in spec.cli_flags)}" if spec.cli_flags else ""
+                    print(f"    modality {name}: part type {spec.part_type!r}, placeholder {spec.placeholder}, API parts {list(spec.api_part_types)}{flags}")
                 else:
                     print(f"    modality {name}: UNAVAILABLE - {registry.unavailable.get(name, '')}")
         if p.projectors:
             print(f"    projectors: {', '.join(p.projectors)}")
+        if p.exports:
+            print(f"    export formats: {', '.join(p.exports)}")
         if args.verbose and p.hooks:
             print(f"    hooks: {', '.join(p.hooks)}")
         if p.status in ("failed", "incompatible"):

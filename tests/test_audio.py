@@ -341,7 +341,7 @@ def test_whisper_rebuilds_from_saved_config(tiny_whisper, tmp_path):
     enc = mod.build_encoder().eval()
     mod.save_assets(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file()
-    # a saved model: config with hf_config, assets beside it, original path gone
+    # a saved model: its config, assets (whisper_config.json, extractor) beside it, original path gone
     cfg = dict(mod.cfg)
     cfg["encoder"] = {**cfg["encoder"], "path": str(tmp_path / "gone")}
     spec = get_registry().modality("audio")
