@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from omnimodal.hookspecs import API_VERSION, hookimpl
-from omnimodal.specs import DemoSpec, ModalitySpec, ProjectorSpec
+from omnimodal.specs import DemoSpec, ExportSpec, ModalitySpec, ProjectorSpec
 
 __version__ = "0.1.0"
 hookimpl_marker = hookimpl
 
 __all__ = [
-    "API_VERSION", "DemoSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "Run", "compose", "fit",
+    "API_VERSION", "DemoSpec", "ExportSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "Run", "compose", "fit",
     "hookimpl", "load", "__version__",
 ]
 

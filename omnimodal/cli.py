@@ -14,9 +14,10 @@ commands:
   train [overrides]   train with Hydra overrides (no overrides: the offline demo)
   eval RUN|MODEL      evaluate a saved run or model dir on a test file
   plugins             list installed plugins, their modalities and projectors
-  export              write a saved model as a Hugging Face Llava dir (or re-save it)
-  chat --model DIR [--image P] [--audio P] [--molecule SMILES] [question]
-                      answer one question (or chat on stdin without a question)
+  export              write a saved model in another format (formats come from plugins)
+  chat --model DIR [--<media flag> VALUE | --part TYPE=VALUE ...] [question]
+                      answer one question (or chat on stdin without a question);
+                      media flags come from the installed modalities (chat --help)
   generate --model DIR --input q.jsonl --output a.jsonl
                       answer a JSONL file of conversations
   serve --model DIR [--host H] [--port P]
@@ -40,11 +41,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             for name in p.modalities:
                 spec = registry.modalities.get(name)
                 if spec is not None:
-                    print(f"    modality {name}: part type {spec.part_type!r}, placeholder {spec.placeholder}, API parts {list(spec.api_part_types)}")
+                    flags = f", chat flags {' '.join('--' + f for f in spec.cli_flags)}" if spec.cli_flags else ""
+                    print(f"    modality {name}: part type {spec.part_type!r}, placeholder {spec.placeholder}, API parts {list(spec.api_part_types)}{flags}")
                 else:
                     print(f"    modality {name}: UNAVAILABLE - {registry.unavailable.get(name, '')}")
         if p.projectors:
             print(f"    projectors: {', '.join(p.projectors)}")
+        if p.exports:
+            print(f"    export formats: {', '.join(p.exports)}")
         if args.verbose and p.hooks:
             print(f"    hooks: {', '.join(p.hooks)}")
         if p.status in ("failed", "incompatible"):
@@ -84,7 +88,7 @@ def check_overrides(overrides: list[str]) -> None:
             if name in registry.unavailable:
                 raise ConfigError(f"modality {name!r} is unavailable: {registry.unavailable[name]}")
             if name not in configs:
-                raise ConfigError(f"unknown modality {name!r} in {item!r}.{did_you_mean(name, configs)}")
+                raise ConfigError(f"unknown modality {name!r} in {item!r}.{did_you_mean(name, configs)}{registry.failed_hint(name)}")
 
 
 def cmd_train(overrides: list[str]) -> int:
@@ -144,16 +148,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 class _MediaAction(argparse.Action):
-    """``--image a.png --molecule CCO --part TYPE=VALUE``: one list, in command-line order."""
+    """A modality's flag (``--image a.png``) or ``--part TYPE=VALUE``: one list, in command-line order."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, "media", None) or [])
         if self.dest == "part":
             kind, sep, value = str(values).partition("=")
             if not sep or not kind or not value:
-                parser.error(f"--part takes TYPE=VALUE (e.g. --part molecule=CCO), got {values!r}")
+                parser.error(f"--part takes TYPE=VALUE (a part type or modality name, e.g. --part points=cloud.npy), got {values!r}")
         else:
-            kind, value = self.dest, values
+            kind, value = str(option_string), values  # "--image": named so in errors
         items.append((kind, value))
         namespace.media = items
 
@@ -174,15 +178,18 @@ def _options(args: argparse.Namespace):
 
 
 def _media_part(kind: str, value: str, modalities: dict) -> dict:
-    """A command-line media value -> a content part of the model's modality ``kind``."""
-    by_name = {m.name: m for m in modalities.values()}
-    by_part = {m.part_type: m for m in modalities.values()}
-    aliases = {"image": "vision"}
-    modality = by_part.get(kind) or by_name.get(kind) or by_name.get(aliases.get(kind, ""))
-    if modality is None:
-        valid = sorted(by_part)
-        raise ConfigError(f"this model has no modality for --{kind} (its media part types: {', '.join(valid) or 'none'})")
-    return {"type": modality.part_type, modality.part_type: value}
+    """A command-line media value -> a data-file content part of the model's modality ``kind``.
+
+    ``kind`` is one of a modality's ``cli_flags``, its part type or its name (from its spec);
+    the part then goes through the modality's ``item_from_part`` like a data-file part.
+    """
+    name = kind.removeprefix("--")
+    for modality in modalities.values():
+        if name in modality.spec.cli_names():
+            return modality.cli_part(value)
+    valid = sorted({n for m in modalities.values() for n in m.spec.cli_names()})
+    shown = kind if kind.startswith("--") else f"--part {kind}="
+    raise ConfigError(f"this model has no modality for {shown} (it takes: --part {'|'.join(valid) or '(no media)'}=VALUE)")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -317,24 +324,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--output", help="write the table as JSON here")
     p.add_argument("--json", action="store_true", help="also print the table as JSON")
-    p = sub.add_parser("export", help="export a saved run or model dir (llava: a transformers LlavaForConditionalGeneration dir)")
+    p = sub.add_parser("export", help="export a saved run or model dir in a format a plugin provides")
     p.add_argument("--model", required=True, help="a run dir (with model/) or a model dir")
-    p.add_argument("--format", choices=["llava", "omnimodal"], default="llava")
+    formats = _registered(lambda r: {n: s.description for n, s in sorted(r.exports.items())}, {})
+    listed = "; ".join(f"{n}: {d}" for n, d in formats.items())
+    p.add_argument("--format", required=True, metavar="NAME", help=f"one of the registered formats ({listed or 'none loaded'})")
     p.add_argument("--output", required=True, help="directory to write")
     _add_inference_parsers(sub)
     return parser
+
+
+def _registered(read, default):
+    """``read(registry)``, or ``default`` when the plugins cannot be loaded (the command reports it)."""
+    from omnimodal.plugins import get_registry
+
+    try:
+        return read(get_registry())
+    except OmnimodalError:
+        return default
+
+
+def _media_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--FLAG VALUE`` per ``cli_flags`` entry of each registered modality's spec."""
+    taken = {opt for action in p._actions for opt in action.option_strings} | {"--part"}
+    specs = _registered(lambda r: sorted(r.modalities.values(), key=lambda s: s.name), [])
+    group = p.add_argument_group("media flags (from the installed modality plugins)")
+    for spec in specs:
+        for flag in spec.cli_flags:
+            option = f"--{flag}"
+            if option in taken:
+                print(f"warning: modality {spec.name!r} asks for {option}, which is already taken; use --part {spec.part_type}=VALUE", file=sys.stderr)
+                continue
+            taken.add(option)
+            what = spec.cli_help or f"a {spec.part_type} item"
+            group.add_argument(option, dest=f"media_{spec.name}", action=_MediaAction, metavar="VALUE", help=f"{what} ({spec.name}; repeatable, order kept)")
 
 
 def _add_inference_parsers(sub) -> None:
     """The ``chat``, ``generate`` and ``serve`` subcommands."""
     p = sub.add_parser("chat", help="ask a saved model about media (one question, or interactive)")
     p.add_argument("--model", required=True, help="a model dir or a run dir holding model/")
-    for kind, what in (("image", "image file"), ("audio", "audio file"), ("molecule", "SMILES or .mol/.sdf file")):
-        p.add_argument(f"--{kind}", action=_MediaAction, metavar="VALUE", help=f"{what} (repeatable; order kept)")
-    p.add_argument("--part", action=_MediaAction, metavar="TYPE=VALUE", help="any modality's part, e.g. --part molecule=CCO")
+    p.add_argument("--part", action=_MediaAction, metavar="TYPE=VALUE", help="any modality's part: TYPE is its part type, name or flag (e.g. --part molecule=CCO); repeatable, order kept")
     p.add_argument("--system", help="a system message")
     _generation_args(p, 128)
     p.add_argument("question", nargs="*", help="the question; without it, read one message per stdin line")
+    _media_flags(p)  # last, so a plugin's flag can never shadow a chat option
     p.set_defaults(media=[])
 
     p = sub.add_parser("generate", help="answer a JSONL file of conversations")

@@ -4,16 +4,30 @@ A plugin subclasses :class:`Modality` once (one level of base class is plenty) a
 subclass in its :class:`~omnimodal.specs.ModalitySpec`. The data pipeline calls ``prepare``
 in data workers; the model calls ``build_encoder`` once. Encoders return ``(features, mask)``
 with features ``[N, L, d_enc]`` and a boolean mask ``[N, L]`` of real (non-padded) positions.
+
+The contract (checked for every registered modality by :func:`omnimodal.testing.check_modality`):
+
+- ``encoder_length(features)`` is a pure function of ``self.cfg`` and the item's features
+  (shape, metadata), and it is *the* function the encoder uses to size its output (call one
+  shared function from both, e.g. ``conv_output_length`` in the audio plugin), so the token
+  count planned by the data side cannot drift from what the encoder emits. It runs in data
+  workers: it never builds an encoder.
+- ``build_encoder`` leaves ``self.cfg`` unchanged: what is saved is what the user wrote plus
+  the defaults resolved in ``__init__``. Anything else a saved model needs to rebuild itself
+  (a pretrained tower's architecture, its processor) goes to ``save_assets``.
+- An item encodes the same alone or in a padded batch of items of other sizes.
+- A bad item raises :class:`~omnimodal.errors.DataError` (or ``MediaError``) naming ``source``.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnimodal.errors import DataError
+from omnimodal.errors import DataError, PluginError
 from omnimodal.specs import ModalitySpec
 
 
@@ -35,9 +49,10 @@ class MediaItem:
 class Modality:
     """Base class of a modality implementation; ``cfg`` is its ``modalities.<name>`` config.
 
-    Subclasses implement ``load``, ``preprocess``, ``encoder_length``, ``collate`` and
-    ``build_encoder``, and override ``item_from_part`` / ``item_from_api_part`` when their
-    parts hold values rather than paths.
+    Subclasses implement ``load``, ``preprocess``, ``encoder_length``, ``collate``,
+    ``build_encoder`` and ``example_items``, and override ``item_from_part`` /
+    ``item_from_api_part`` / ``cli_part`` when their parts hold values rather than paths.
+    Resolve config defaults in ``__init__`` (into ``self.cfg``), never later.
     """
 
     def __init__(self, spec: ModalitySpec, cfg: dict[str, Any]):
@@ -62,6 +77,14 @@ class Modality:
         """Turn an OpenAI-style API content part into a raw item."""
         raise DataError(f"modality {self.name!r} accepts no API part of type {part.get('type')!r}")
 
+    def cli_part(self, value: str) -> dict[str, Any]:
+        """A command-line value (``omnimodal chat --FLAG VALUE``) -> a data-file content part.
+
+        Default: ``{"type": part_type, "path": value}``; the part then goes through
+        :meth:`item_from_part` (relative paths from the current directory).
+        """
+        return {"type": self.part_type, "path": value}
+
     def load(self, raw: Any, source: str) -> Any:
         """Load and validate a raw item; raise :class:`~omnimodal.errors.MediaError` naming ``source``."""
         raise NotImplementedError
@@ -71,7 +94,8 @@ class Modality:
         raise NotImplementedError
 
     def encoder_length(self, features: dict[str, Any]) -> int:
-        """The encoder's output length for this item, from its features alone."""
+        """The encoder's output length for this item: a pure function of ``self.cfg`` and the
+        item's features, shared with the encoder's forward (see the module docstring)."""
         raise NotImplementedError
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,3 +129,46 @@ class Modality:
 
     def load_assets(self, directory: Path) -> None:
         """Read what :meth:`save_assets` wrote."""
+
+    # ---- contract examples (omnimodal.testing) ----------------------------------------
+    def example_items(self, rng: random.Random, n: int) -> list[Any]:
+        """``n`` valid raw items of varied sizes, drawn from ``rng`` (for the contract check).
+
+        Vary whatever changes the token count (length, atoms, resolution) as widely as the
+        modality allows; the check encodes them alone and in one padded batch.
+        """
+        raise NotImplementedError(f"modality {self.name!r} supplies no example_items for the contract check")
+
+    def bad_items(self) -> list[tuple[Any, str]]:
+        """``(raw item, words the error must contain)`` pairs that ``prepare`` must refuse.
+
+        The contract check adds generic ones (an unsupported object, a missing file); the
+        error must name the item's source either way.
+        """
+        return []
+
+
+def build_encoder_checked(modality: Modality, load_weights: bool = True):
+    """``modality.build_encoder(load_weights)``, refusing a build that changed ``modality.cfg``.
+
+    A config changed by building would make what is saved depend on call order; the plugin
+    must keep such state elsewhere (an attribute, or ``save_assets``).
+    """
+    before = copy.deepcopy(modality.cfg)
+    encoder = modality.build_encoder(load_weights=load_weights)
+    if modality.cfg != before:
+        changed = sorted(_changed_keys(before, modality.cfg))
+        raise PluginError(
+            f"modality {modality.name!r} ({modality.spec.impl}): build_encoder changed its config "
+            f"(keys {', '.join(changed)}); keep built state out of Modality.cfg"
+        )
+    return encoder
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in set(a) | set(b):
+            out += _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.") if key in a and key in b else [f"{prefix}{key}"]
+        return out
+    return [] if a == b else [prefix.rstrip(".")]

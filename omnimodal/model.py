@@ -34,7 +34,7 @@ from omnimodal.decoder import (  # noqa: E402
     train_bpe_tokenizer,
 )
 from omnimodal.errors import ConfigError, PluginError, SpliceError  # noqa: E402
-from omnimodal.modality import Modality  # noqa: E402
+from omnimodal.modality import Modality, build_encoder_checked  # noqa: E402
 from omnimodal.projectors import build_projector  # noqa: E402
 
 FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ class OmniModel(nn.Module):
         d_model = decoder.config.hidden_size
         encoders, projectors = {}, {}
         for name, modality in modalities.items():
-            encoders[name] = modality.build_encoder(load_weights=True)
+            encoders[name] = build_encoder_checked(modality, load_weights=True)
             projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
         return cls(decoder, tokenizer, modalities, encoders, projectors, dcfg)
 
@@ -297,7 +297,7 @@ class OmniModel(nn.Module):
         d_model = decoder.config.hidden_size
         encoders, projectors = {}, {}
         for name, modality in modalities.items():
-            encoders[name] = modality.build_encoder(load_weights=False)
+            encoders[name] = build_encoder_checked(modality, load_weights=False)
             projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
         model = cls(decoder, tokenizer, modalities, encoders, projectors, config["decoder"]["config"])
         model.extra = config.get("extra", {})

@@ -13,13 +13,14 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from omnimodal import hookspecs
 from omnimodal.errors import ConfigError, PluginError, did_you_mean
-from omnimodal.specs import DemoSpec, ModalitySpec, PluginInfo, ProjectorSpec
+from omnimodal.specs import DemoSpec, ExportSpec, ModalitySpec, PluginInfo, ProjectorSpec
 
 ENTRY_POINT_GROUP = "omnimodal"
 DISABLE_ENV = "OMNIMODAL_DISABLE_PLUGINS"
@@ -35,6 +36,7 @@ class Registry:
     projectors: dict[str, ProjectorSpec] = field(default_factory=dict)
     config_dirs: list[str] = field(default_factory=list)
     demos: dict[str, DemoSpec] = field(default_factory=dict)
+    exports: dict[str, ExportSpec] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # modality -> install hint
 
     def plugin(self, name: str) -> PluginInfo:
@@ -50,9 +52,31 @@ class Registry:
             return self.modalities[name]
         if name in self.unavailable:
             raise PluginError(f"Modality {name!r} is unavailable: {self.unavailable[name]}")
-        failed = [f"{p.name} ({p.reason.splitlines()[0]})" for p in self.plugins if p.status == "failed"]
-        extra = f" Plugins that failed to load: {'; '.join(failed)}." if failed else ""
-        raise ConfigError(f"Unknown modality {name!r}.{did_you_mean(name, self.modalities)}{extra}")
+        raise ConfigError(f"Unknown modality {name!r}.{did_you_mean(name, self.modalities)}{self.failed_hint(name)}")
+
+    def failed_plugins(self) -> list[PluginInfo]:
+        """Plugins that failed to import or register (their ``reason`` holds the error)."""
+        return [p for p in self.plugins if p.status in ("failed", "incompatible")]
+
+    def failed_hint(self, modality: str) -> str:
+        """Why ``modality`` may be missing: the plugins that failed, each with its error."""
+        failed = self.failed_plugins()
+        for p in failed:
+            if p.name == modality or modality in p.value:
+                return (
+                    f" Plugin {p.name!r} ({p.distribution} {p.version}, entry point {p.value}) "
+                    f"failed to load: {p.reason.splitlines()[0]}"
+                )
+        if not failed:
+            return ""
+        listed = "; ".join(f"{p.name} ({p.reason.splitlines()[0]})" for p in failed)
+        return f" Plugins that failed to load (one may provide it): {listed}."
+
+    def export(self, name: str) -> ExportSpec:
+        """Return the export format ``name`` or a clear error listing the registered ones."""
+        if name not in self.exports:
+            raise ConfigError(f"Unknown export format {name!r}.{did_you_mean(name, self.exports)}")
+        return self.exports[name]
 
     def projector(self, name: str) -> ProjectorSpec:
         """Return the spec of projector kind ``name`` or a clear error listing the valid ones."""
@@ -115,12 +139,13 @@ def load_entry_points(pm: pluggy.PluginManager) -> list[PluginInfo]:
 
 def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
     declared = getattr(plugin, "OMNIMODAL_API_VERSION", hookspecs.API_VERSION)
-    if declared != hookspecs.API_VERSION:
+    if declared not in hookspecs.SUPPORTED_API_VERSIONS:
+        supported = ", ".join(str(v) for v in hookspecs.SUPPORTED_API_VERSIONS)
         info.status = "incompatible"
         info.reason = (
             f"plugin {info.name!r} ({info.distribution} {info.version}) declares "
-            f"OMNIMODAL_API_VERSION={declared}, but this omnimodal provides API "
-            f"{hookspecs.API_VERSION}; install a version of {info.distribution} built for it"
+            f"OMNIMODAL_API_VERSION={declared}, but this omnimodal supports API {supported}; "
+            f"install a version of {info.distribution} built for it"
         )
         return
     try:
@@ -144,6 +169,8 @@ def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registr
             _collect(pm, plugin, info, reg)
         except PluginError:
             raise
+        except _PluginFailure as exc:
+            info.status, info.reason = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001
             info.status, info.reason = "failed", f"{type(exc).__name__}: {exc}"
     return reg
@@ -186,12 +213,24 @@ def _collect(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo, reg: Regis
         info.projectors.append(spec.name)
     for dirs in _call(pm, plugin, "omnimodal_config_dirs"):
         for d in dirs or []:
+            if not Path(d).is_dir():
+                raise _PluginFailure(f"config directory {d} (from omnimodal_config_dirs) does not exist")
             reg.config_dirs.append(str(d))
             info.config_dirs.append(str(d))
     for demos in _call(pm, plugin, "omnimodal_demo_data"):
         for demo in demos or []:
             reg.demos[demo.modality] = demo
             info.demos.append(demo.modality)
+    for exports in _call(pm, plugin, "omnimodal_export_formats"):
+        for spec in exports or []:
+            if spec.name in reg.exports:
+                raise PluginError(f"Export format {spec.name!r} is registered twice (second by plugin {info.name!r}).")
+            reg.exports[spec.name] = spec
+            info.exports.append(spec.name)
+
+
+class _PluginFailure(Exception):
+    """A plugin's hooks returned something unusable: the plugin is reported as failed."""
 
 
 _PM: pluggy.PluginManager | None = None
@@ -214,7 +253,7 @@ def get_registry(refresh: bool = False) -> Registry:
         pm = get_plugin_manager()
         infos = [PluginInfo(**vars(i)) for i in pm._omnimodal_infos]  # type: ignore[attr-defined]
         for i in infos:
-            i.modalities, i.projectors, i.config_dirs, i.demos = [], [], [], []
+            i.modalities, i.projectors, i.config_dirs, i.demos, i.exports = [], [], [], [], []
         _REGISTRY = build_registry(pm, infos)
     return _REGISTRY
 

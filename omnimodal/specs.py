@@ -29,10 +29,16 @@ class ModalitySpec:
         part_type: the content-part ``type`` it accepts in data files (``"image"``).
         placeholder: the special token that marks where its pseudo-tokens go (``"<image>"``).
         impl: ``"module:Class"`` of the :class:`omnimodal.modality.Modality` subclass.
-        api_part_types: OpenAI-style API part types it accepts (``("image_url",)``).
+        api_part_types: OpenAI-style API part types it accepts (``("image_url",)``); the
+            server takes exactly these, each turned into an item by the modality's
+            ``item_from_api_part``.
         requires: import names it needs beyond the core (checked without importing).
         install_hint: what to install when ``requires`` are missing.
         description: one line for ``omnimodal plugins``.
+        cli_flags: short ``omnimodal chat`` flags for this modality, without dashes
+            (``("image",)`` gives ``--image``); each one (and ``name`` and ``part_type``) is
+            also accepted as ``--part FLAG=VALUE``. Empty: ``--part`` only.
+        cli_help: what a command-line value is (``"image file"``), shown in ``chat --help``.
     """
 
     name: str
@@ -43,6 +49,18 @@ class ModalitySpec:
     requires: tuple[str, ...] = ()
     install_hint: str = ""
     description: str = ""
+    cli_flags: tuple[str, ...] = ()
+    cli_help: str = ""
+
+    def __post_init__(self) -> None:
+        for attr in ("api_part_types", "requires", "cli_flags"):
+            value = getattr(self, attr)
+            if isinstance(value, str):  # ("image") written for ("image",)
+                object.__setattr__(self, attr, (value,))
+
+    def cli_names(self) -> tuple[str, ...]:
+        """Every name ``--part NAME=VALUE`` accepts for this modality (flags, part type, name)."""
+        return tuple(dict.fromkeys([*self.cli_flags, self.part_type, self.name]))
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,20 @@ class DemoSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class ExportSpec:
+    """An export format a plugin contributes to ``omnimodal export --format NAME``.
+
+    ``exporter`` is ``"module:function"``, called as ``exporter(model, out_dir: pathlib.Path)
+    -> pathlib.Path`` with a loaded :class:`~omnimodal.model.OmniModel`; it raises
+    :class:`~omnimodal.errors.ConfigError` naming what the format cannot hold.
+    """
+
+    name: str
+    exporter: str
+    description: str = ""
+
+
 @dataclass
 class PluginInfo:
     """One entry point as loaded: where it came from and what it provides (or why it failed)."""
@@ -82,6 +114,7 @@ class PluginInfo:
     projectors: list[str] = field(default_factory=list)
     config_dirs: list[str] = field(default_factory=list)
     demos: list[str] = field(default_factory=list)
+    exports: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     status: str = "ok"  # ok | failed | disabled | incompatible | unavailable
     reason: str = ""

@@ -308,7 +308,7 @@ def test_whisper_encoder_offline(tiny_whisper, tmp_path):
     mod = make_whisper(tiny_whisper)
     enc = mod.build_encoder().eval()
     assert enc.out_dim == 32 and enc.window == 200
-    assert mod.cfg["encoder"]["hf_config"]["max_source_positions"] == 100
+    assert "hf_config" not in mod.cfg["encoder"] and mod.whisper_config()["max_source_positions"] == 100
     clips = [tone(440.0, 0.75), tone(880.0, 1.23, amp=0.1)]
     items = [mod.prepare({"array": c, "sample_rate": 16000}, f"w{i}") for i, c in enumerate(clips)]
     assert [it.features["num_frames"] for it in items] == [75, 123]
@@ -343,7 +343,7 @@ def test_whisper_rebuilds_from_saved_config(tiny_whisper, tmp_path):
     enc = mod.build_encoder().eval()
     mod.save_assets(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file()
-    # a saved model: config with hf_config, assets beside it, original path gone
+    # a saved model: its config, assets (whisper_config.json, extractor) beside it, original path gone
     cfg = dict(mod.cfg)
     cfg["encoder"] = {**cfg["encoder"], "path": str(tmp_path / "gone")}
     spec = get_registry().modality("audio")

@@ -151,7 +151,7 @@ def test_saved_model_with_audio_reloads_without_the_original_path(vision_demo, a
     model = build_model(vision_demo, audio_demo, cfg).eval()
     model.save_pretrained(tmp_path / "saved")
     if kind == "whisper":
-        shutil.rmtree(path)  # the saved dir (weights, hf_config, extractor) must be enough
+        shutil.rmtree(path)  # the saved dir (weights, whisper_config.json, extractor) must be enough
         assert (tmp_path / "saved" / "assets" / "audio" / "preprocessor_config.json").is_file()
     loaded = OmniModel.from_pretrained(tmp_path / "saved")
     raw = {"array": tone(660.0, 0.7), "sample_rate": 22050}

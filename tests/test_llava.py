@@ -154,7 +154,7 @@ def test_omnimodal_format_resaves(tmp_path):
 
 
 def test_non_llava_models_are_refused_with_the_reason(tmp_path):
-    from omnimodal.export import export_llava
+    from omnimodal_vision.llava import export_llava
 
     torch.manual_seed(0)
     vit = OmniModel.from_config({"decoder": tiny_decoder_cfg(), "modalities": {"vision": tiny_vision_cfg()}}, texts=TEXTS)

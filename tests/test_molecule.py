@@ -450,3 +450,13 @@ def test_training_step_mixes_molecules_and_images(vision_demo, molecule_demo):
     for name in ("encoders.molecule", "projectors.molecule", "encoders.vision"):
         grads = [p.grad for p in model.get_submodule(name).parameters() if p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def test_command_line_value_is_a_smiles_or_a_mol_file(tmp_path):
+    mod = modality()
+    (tmp_path / "phenol.sdf").write_text(Chem.MolToMolBlock(Chem.MolFromSmiles("c1ccccc1O")) + "$$$$\n")
+    for value, atoms in (("CCO", 3), (str(tmp_path / "phenol.sdf"), 7)):
+        part = mod.cli_part(value)
+        assert mod.prepare(mod.item_from_part(part, None), value).length == atoms
+    with pytest.raises(MediaError, match="invalid SMILES 'missing.sdf'"):  # not a file: taken as a SMILES, and refused
+        mod.prepare(mod.item_from_part(mod.cli_part("missing.sdf"), None), "cli")

@@ -1,16 +1,24 @@
-"""Plugin discovery through real entry points, failure isolation, conflicts, API versions."""
+"""Plugin discovery through real entry points, failure isolation, conflicts, API versions;
+a core that names no modality (chat flags, export formats, API parts come from plugins)."""
 
+import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from omnimodal import hookimpl_marker as hookimpl
-from omnimodal.errors import PluginError
+from omnimodal import plugins
+from omnimodal.errors import ConfigError, PluginError
 from omnimodal.plugins import get_registry, register_plugin, unregister_plugin
 from omnimodal.specs import ModalitySpec
 
 from .conftest import PYTHON, cli_env
+
+THIRD_PARTY = Path(__file__).parent / "third_party"
+BUILTIN_MODALITY_PLUGINS = "vision,audio,molecule"
 
 
 def make_distribution(root, dist, module, body, conf_files=None, version="0.3.0", ep_name=None):
@@ -22,6 +30,11 @@ def make_distribution(root, dist, module, body, conf_files=None, version="0.3.0"
         f = pkg / "conf" / rel
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(textwrap.dedent(text))
+    return write_dist_info(root, dist, module, version, ep_name)
+
+
+def write_dist_info(root, dist, module, version="0.3.0", ep_name=None):
+    """The ``.dist-info`` that makes ``module`` under ``root`` an installed plugin distribution."""
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
@@ -29,42 +42,20 @@ def make_distribution(root, dist, module, body, conf_files=None, version="0.3.0"
     return root
 
 
-POINTCLOUD = '''
-from pathlib import Path
-from omnimodal.hookspecs import hookimpl
-from omnimodal.specs import ModalitySpec
-
-OMNIMODAL_API_VERSION = 1
-
-@hookimpl
-def omnimodal_register_modalities(register):
-    register(ModalitySpec(name="pointcloud", part_type="points", placeholder="<points>",
-                          impl="omnimodal_pointcloud.impl:PointCloud"))
-
-@hookimpl
-def omnimodal_config_dirs():
-    return [str(Path(__file__).parent / "conf")]
-'''
-
-POINTCLOUD_CONF = {
-    "modalities/pointcloud.yaml": """\
-        # @package modalities.pointcloud
-        defaults:
-          - /projector@projector: resampler
-          - _self_
-        max_points: 1024
-        encoder: {kind: pointnet, width: 64}
-        """
-}
+def install_pointcloud(site):
+    """Install ``tests/third_party/omnimodal_pointcloud`` under ``site`` as omnimodal-pointcloud 0.3.0."""
+    site.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(THIRD_PARTY / "omnimodal_pointcloud", site / "omnimodal_pointcloud", ignore=shutil.ignore_patterns("__pycache__"))
+    return write_dist_info(site, "omnimodal-pointcloud", "omnimodal_pointcloud", ep_name="pointcloud")
 
 
 @pytest.fixture
 def third_party(tmp_path):
-    site = tmp_path / "site"
-    make_distribution(site, "omnimodal-pointcloud", "omnimodal_pointcloud", POINTCLOUD, POINTCLOUD_CONF)
+    site = install_pointcloud(tmp_path / "site")
     make_distribution(site, "omnimodal-broken", "omnimodal_broken", "raise ImportError('needs libfoo 2.0')\n", version="1.0")
+    make_distribution(site, "omnimodal-lidar", "omnimodal_lidar", "import libfoo_that_is_missing\n", version="0.1", ep_name="lidar")
     make_distribution(
-        site, "omnimodal-future", "omnimodal_future", "OMNIMODAL_API_VERSION = 2\n", version="9.0"
+        site, "omnimodal-future", "omnimodal_future", "OMNIMODAL_API_VERSION = 3\n", version="9.0"
     )
     return site
 
@@ -89,16 +80,16 @@ def test_third_party_plugin_listed_broken_one_reported_others_still_load(third_p
     out = run_cli(["plugins"], third_party)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "omnimodal_pointcloud  (omnimodal-pointcloud 0.3.0)  [ok]" in text
+    assert "pointcloud  (omnimodal-pointcloud 0.3.0)  [ok]" in text
     assert "modality pointcloud: part type 'points'" in text
     assert "omnimodal_broken  (omnimodal-broken 1.0)  [failed]" in text
     assert "ImportError: needs libfoo 2.0" in text
-    assert "[incompatible]" in text and "OMNIMODAL_API_VERSION=2" in text
+    assert "[incompatible]" in text and "OMNIMODAL_API_VERSION=3" in text and "supports API 1, 2" in text
     assert "modality vision" in text  # healthy plugins unaffected
 
 
 def test_plugins_can_be_disabled_by_environment(third_party):
-    out = run_cli(["plugins"], third_party, OMNIMODAL_DISABLE_PLUGINS="omnimodal_broken,omnimodal_pointcloud")
+    out = run_cli(["plugins"], third_party, OMNIMODAL_DISABLE_PLUGINS="omnimodal_broken,pointcloud")
     assert "[disabled]" in out.stdout
     assert "needs libfoo" not in out.stdout
     assert "modality pointcloud" not in out.stdout
@@ -159,3 +150,105 @@ def test_unknown_modality_lists_valid_choices():
     out = subprocess.run([PYTHON, "-m", "omnimodal.cli", "train", "modalities=[visoin]"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "unknown modality 'visoin'" in out.stderr and "Did you mean 'vision'?" in out.stderr
+
+
+def test_selecting_a_modality_whose_plugin_failed_names_the_plugin_and_import_error(third_party):
+    out = run_cli(["train", "modalities=[lidar]"], third_party)
+    assert out.returncode == 2
+    assert "Plugin 'lidar' (omnimodal-lidar 0.1" in out.stderr
+    assert "No module named 'libfoo_that_is_missing'" in out.stderr
+    # Hydra directly (no CLI pre-check): the search-path plugin reports it beside Hydra's error
+    direct = subprocess.run(
+        [PYTHON, "-m", "omnimodal.train", "modalities=[lidar]", "--cfg", "job"],
+        capture_output=True, text=True, timeout=120, env=cli_env(PYTHONPATH=str(third_party)),
+    )
+    assert direct.returncode != 0
+    assert "omnimodal plugin 'lidar' (omnimodal-lidar 0.1" in direct.stderr
+    assert "libfoo_that_is_missing" in direct.stderr and "modalities/lidar" in direct.stderr
+
+
+class _MissingConfDir:
+    @hookimpl
+    def omnimodal_config_dirs(self):
+        return ["/nonexistent/omnimodal-conf"]
+
+
+def test_a_config_dir_that_does_not_exist_fails_the_plugin_by_name():
+    register_plugin(_MissingConfDir(), name="nodir")
+    try:
+        info = get_registry().plugin("nodir")
+        assert info.status == "failed" and "/nonexistent/omnimodal-conf" in info.reason
+        assert "/nonexistent/omnimodal-conf" not in get_registry().config_dirs
+    finally:
+        unregister_plugin("nodir")
+
+
+def test_export_formats_come_from_plugins():
+    registry = get_registry()
+    assert registry.plugin("vision").exports == ["llava"] and registry.plugin("core").exports == ["omnimodal"]
+    with pytest.raises(ConfigError, match=r"Unknown export format 'lava'. Did you mean 'llava'\?"):
+        registry.export("lava")
+
+
+def test_with_only_a_third_party_modality_chat_help_shows_its_flag_and_no_builtin_one(third_party):
+    out = run_cli(["chat", "--help"], third_party, OMNIMODAL_DISABLE_PLUGINS=BUILTIN_MODALITY_PLUGINS)
+    assert out.returncode == 0, out.stderr
+    assert "--points VALUE" in out.stdout and "point cloud: a .npy file of [N, 3] floats" in out.stdout
+    for flag in ("--image", "--audio", "--molecule"):
+        assert flag not in out.stdout
+    with_builtins = run_cli(["chat", "--help"], third_party)
+    assert all(f in with_builtins.stdout for f in ("--points", "--image", "--audio", "--molecule"))
+
+
+@pytest.mark.slow
+def test_third_party_part_works_end_to_end_with_only_its_plugin(third_party, tmp_path, monkeypatch, capsys):
+    """Build and save a model with the pointcloud modality, then chat with it by flag and by --part."""
+    monkeypatch.setenv("OMNIMODAL_DISABLE_PLUGINS", BUILTIN_MODALITY_PLUGINS)
+    monkeypatch.syspath_prepend(str(third_party))
+    plugins.reset()
+    from omnimodal_pointcloud.modality import PointCloud
+
+    import omnimodal
+    from omnimodal.cli import main
+    from omnimodal.model import OmniModel
+    from omnimodal.testing import TINY_DECODER, default_config
+
+    assert sorted(get_registry().modalities) == ["pointcloud"]
+    model = OmniModel.from_config({"decoder": TINY_DECODER, "modalities": {"pointcloud": default_config("pointcloud")}}, texts=["what is this?", "a cube", "a sphere"])
+    model.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.standard_normal((7, 3)).astype(np.float32))
+    np.save(tmp_path / "b.npy", rng.standard_normal((30, 3)).astype(np.float32))
+    seen = []
+    load = PointCloud.load
+    monkeypatch.setattr(PointCloud, "load", lambda self, raw, source: (seen.append((raw, source)), load(self, raw, source))[1])
+    args = ["chat", "--model", str(tmp_path / "model"), "--max-new-tokens", "2", "--device", "cpu"]
+    rc = main([*args, "--points", str(tmp_path / "a.npy"), "--part", f"pointcloud={tmp_path / 'b.npy'}", "what is this?"])
+    assert rc == 0, capsys.readouterr().err
+    assert [Path(raw).name for raw, _ in seen] == ["a.npy", "b.npy"]  # both went through item_from_part, in order
+    assert [s.rsplit(": ", 1)[-1] for _, s in seen] == ["message 0 part 0 (points)", "message 0 part 1 (points)"]
+    capsys.readouterr()
+    assert main([*args, "--points", str(tmp_path / "missing.npy"), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "message 0 part 0 (points)" in err and "missing.npy" in err
+    with pytest.raises(SystemExit):  # no built-in flag without its plugin
+        main([*args, "--image", "x.png", "hi"])
+    assert "unrecognized arguments: --image" in capsys.readouterr().err
+    # the plugin's own OpenAI API part type, declared in its spec, reaches its modality
+    pipe = omnimodal.load(tmp_path / "model", device="cpu")
+    prompt = pipe.prepare([{"role": "user", "content": [{"type": "input_points", "input_points": {"data": [[0, 0, 0], [1, 2, 3]]}}, {"type": "text", "text": "hi"}]}], api=True)
+    assert [it.num_tokens for it in prompt.sample["items"]] == [8]
+    from fastapi.testclient import TestClient
+
+    from omnimodal.serving.app import create_app
+
+    def ask(part):
+        body = {"model": "omnimodal", "max_tokens": 2, "temperature": 0, "messages": [{"role": "user", "content": [part, {"type": "text", "text": "hi"}]}]}
+        return http.post("/v1/chat/completions", json=body)
+
+    with TestClient(create_app(pipe)) as http:
+        assert ask({"type": "input_points", "input_points": {"data": [[0, 0, 0], [1, 2, 3]]}}).status_code == 200
+        refused = ask({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})
+        assert refused.status_code == 400 and "input_points" in refused.json()["error"]["message"]
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "llava", "--output", str(tmp_path / "x")]) == 2
+    assert "Unknown export format 'llava'" in capsys.readouterr().err

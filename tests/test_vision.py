@@ -117,3 +117,50 @@ def test_bad_tower_path_is_a_config_error(tmp_path):
     cfg = {**tiny_vision_cfg(), "encoder": {"kind": "hf", "path": str(tmp_path / "missing")}}
     with pytest.raises(ConfigError, match="cannot read a model config"):
         vision(cfg).build_encoder()
+
+
+def test_siglip2_tower_offline_at_variable_resolution(tmp_path):
+    """SigLIP2 (NaFlex): each image keeps its aspect ratio, so its token count varies; the
+    features equal the tower's own forward on the processor's padded batch, and a saved model
+    rebuilds without the original path."""
+    import shutil
+
+    import transformers
+
+    cfg = transformers.Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8, num_patches=64)
+    reference = transformers.Siglip2VisionModel(cfg).eval()
+    proc_cls = getattr(transformers, "Siglip2ImageProcessorPil", None) or transformers.Siglip2ImageProcessor
+    proc = proc_cls(patch_size=8, max_num_patches=32)
+    path = tmp_path / "siglip2"
+    reference.save_pretrained(path)
+    proc.save_pretrained(path)
+    mod = vision({**tiny_vision_cfg(), "encoder": {"kind": "hf", "path": str(path), "feature_layer": -1, "features": "patch"}})
+    images = [Image.new("RGB", (64, 64), (200, 10, 10)), Image.new("RGB", (120, 30), (10, 200, 10)), Image.new("RGB", (20, 90), (0, 0, 255))]
+    items = [mod.prepare(im, f"img{i}") for i, im in enumerate(images)]
+    full = proc(images=images, return_tensors="pt")
+    expected = full["spatial_shapes"].prod(-1).tolist()
+    assert [it.length for it in items] == [it.num_tokens for it in items] == expected
+    assert len(set(expected)) > 1  # variable resolution really varies
+    encoder = mod.build_encoder().eval()
+    assert "hf_config" not in mod.cfg["encoder"]
+    with torch.no_grad():
+        feats, mask = encoder(**mod.collate([it.features for it in items]))
+        ref = reference(**full, output_hidden_states=True).hidden_states[-1]
+    assert mask.sum(1).tolist() == expected
+    for i, n in enumerate(expected):
+        torch.testing.assert_close(feats[i, :n], ref[i, :n], atol=1e-5, rtol=1e-4)
+    # save -> load without the original directory
+    from omnimodal.model import OmniModel
+
+    from .conftest import tiny_decoder_cfg
+
+    model = OmniModel.from_config({"decoder": tiny_decoder_cfg(), "modalities": {"vision": mod.cfg}}, texts=["a", "what is it?"])
+    model.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(path)
+    loaded = OmniModel.from_pretrained(tmp_path / "saved")
+    again = loaded.modalities["vision"].prepare(images[1], "img1")
+    assert again.length == expected[1]
+    with torch.no_grad():
+        a, _ = model.encode_media("vision", mod.collate([items[1].features]))
+        b, _ = loaded.encode_media("vision", loaded.modalities["vision"].collate([again.features]))
+    torch.testing.assert_close(a, b)

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP server: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
 
 Each request is validated (pydantic), its media prepared in a thread pool through the
-modalities' API part types (``image_url``, ``input_audio``, a plugin's own types), then queued
+modalities' API part types (each declared by its plugin's spec: ``image_url`` by vision, a third party's own), then queued
 for the single model :class:`~omnimodal.serving.worker.Worker`. Bad requests get OpenAI's
 error shape with a 4xx status; the server keeps serving.
 """

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ContentPart(BaseModel):
-    """One content part: ``text``, ``image_url``, ``input_audio`` or a plugin's part type."""
+    """One content part: ``text`` or an API part type a modality plugin declares (``image_url``...)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from omnimodal.hookspecs import hookimpl
 from omnimodal.specs import DemoSpec, ModalitySpec
 
-OMNIMODAL_API_VERSION = 1
+OMNIMODAL_API_VERSION = 2
 
 
 @hookimpl
@@ -25,6 +25,8 @@ def omnimodal_register_modalities(register):
             requires=("torchaudio", "soundfile"),
             install_hint="pip install 'omnimodal[audio]'",
             description="sound (WAV/FLAC/OGG path or bytes, array + rate) -> log-mel -> conv+transformer / Whisper",
+            cli_flags=("audio",),
+            cli_help="audio file (WAV, FLAC, OGG)",
         )
     )
 

@@ -16,11 +16,26 @@ from torch import nn
 from omnimodal.errors import ConfigError
 
 
-def conv_output_length(frames: int, conv_layers: int = 2) -> int:
-    """Output length of ``conv_layers`` stride-2 convolutions (odd kernel, 'same' padding)."""
+def conv_output_length(frames, conv_layers: int = 2):
+    """Output length of ``conv_layers`` stride-2 convolutions (odd kernel, 'same' padding).
+
+    Works on an ``int`` (the data side counting one item's tokens) and on a tensor of lengths
+    (:class:`ConvTransformerEncoder` sizing its mask): one function, so the two cannot drift.
+    """
     for _ in range(conv_layers):
         frames = (frames + 1) // 2
     return frames
+
+
+def whisper_output_length(frames, window: int):
+    """Positions a Whisper encoder keeps for a clip of ``frames`` mel frames (conv2 has stride 2).
+
+    The clip is cut to the ``window``; works on an ``int`` or a tensor of lengths, like
+    :func:`conv_output_length`.
+    """
+    if isinstance(frames, torch.Tensor):
+        return (frames.clamp(max=window) + 1) // 2
+    return (min(int(frames), window) + 1) // 2
 
 
 def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,9 +115,10 @@ class ConvTransformerEncoder(nn.Module):
         x = input_features * lengths_to_mask(lengths, frames).unsqueeze(1).to(input_features.dtype)
         if self.input_proj is not None:
             x = self.input_proj(x)
-        for conv in self.convs:
+        frames_in = lengths
+        for i, conv in enumerate(self.convs):
             x = nn.functional.gelu(conv(x))
-            lengths = (lengths + 1) // 2
+            lengths = conv_output_length(frames_in, i + 1)
             x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
         x = x.transpose(1, 2)  # [N, L, width]
         length = x.shape[1]
@@ -144,30 +160,24 @@ class WhisperAudioEncoder(nn.Module):
             )
 
     @classmethod
-    def create(cls, enc: dict[str, Any], load_weights: bool = True) -> WhisperAudioEncoder:
-        """Load by hub id or local path (``load_weights``) or build from a stored ``hf_config``."""
+    def create(cls, enc: dict[str, Any], whisper_config: dict[str, Any] | None = None, load_weights: bool = True) -> WhisperAudioEncoder:
+        """Load weights by hub id or local path (``load_weights``), or build the architecture
+        from ``whisper_config`` (a saved model's own copy of the Whisper config)."""
         from transformers import WhisperConfig, WhisperModel
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         feature_layer = int(enc.get("feature_layer", -1))
-        if load_weights or not enc.get("hf_config"):
+        if load_weights or whisper_config is None:
             path = enc.get("path")
-            if not path:
-                raise ConfigError("audio encoder kind 'whisper' needs `path` (a hub id or a local directory)")
-            try:
-                config = WhisperConfig.from_pretrained(path)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"audio encoder: cannot read a Whisper config from {path!r}: {exc}") from exc
-            if config.model_type != "whisper":
-                raise ConfigError(f"audio encoder {path!r}: model type {config.model_type!r} is not 'whisper'")
+            read_whisper_config(path)
             model = WhisperModel.from_pretrained(path).get_encoder()
         else:
-            model = WhisperEncoder(WhisperConfig.from_dict(dict(enc["hf_config"])))
+            model = WhisperEncoder(WhisperConfig.from_dict(dict(whisper_config)))
         return cls(model, feature_layer)
 
     def output_length(self, frames: int) -> int:
         """Encoder positions for an item of ``frames`` mel frames (conv2 has stride 2)."""
-        return (min(frames, self.window) + 1) // 2
+        return whisper_output_length(frames, self.window)
 
     def forward(
         self,
@@ -195,8 +205,23 @@ class WhisperAudioEncoder(nn.Module):
             hidden = self.model(x.to(dtype)).last_hidden_state
         else:
             hidden = self.model(x.to(dtype), output_hidden_states=True).hidden_states[self.feature_layer]
-        out_lengths = (lengths + 1) // 2
+        out_lengths = whisper_output_length(lengths, self.window)
         keep = int(out_lengths.max())
         hidden = hidden[:, :keep]
         mask = lengths_to_mask(out_lengths, keep)
         return hidden * mask.unsqueeze(-1).to(hidden.dtype), mask
+
+
+def read_whisper_config(path: str | None) -> dict[str, Any]:
+    """The Whisper config at ``path`` (a hub id or a local dir) as a dict: JSON only, no weights."""
+    from transformers import WhisperConfig
+
+    if not path:
+        raise ConfigError("audio encoder kind 'whisper' needs `path` (a hub id or a local directory)")
+    try:
+        config = WhisperConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"audio encoder: cannot read a Whisper config from {path!r}: {exc}") from exc
+    if config.model_type != "whisper":
+        raise ConfigError(f"audio encoder {path!r}: model type {config.model_type!r} is not 'whisper'")
+    return config.to_dict()

@@ -18,8 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_CHANNELS = 8
 API_FORMATS = ("wav", "flac", "ogg", "mp3")
 _MAX_CUT_WARNINGS = 10
+WHISPER_CONFIG = "whisper_config.json"
 
 
 class AudioModality(Modality):
@@ -52,6 +55,7 @@ class AudioModality(Modality):
         if max_duration is not None and not (isinstance(max_duration, (int, float)) and max_duration > 0):
             raise ConfigError(f"audio.max_duration must be a positive number of seconds (or null), got {max_duration!r}")
         self.processor = None  # the WhisperFeatureExtractor of a pretrained Whisper encoder
+        self._whisper: dict[str, Any] | None = None  # its architecture (saved as an asset)
         self._logmel = None
         self._cut_warnings = 0
 
@@ -75,12 +79,17 @@ class AudioModality(Modality):
             return int(self._feature_extractor().hop_length)
         return int(self.cfg.get("hop_length", 160))
 
+    def whisper_config(self) -> dict[str, Any]:
+        """The Whisper encoder's HF config as a dict (from the saved assets, or its path: JSON only)."""
+        if self._whisper is None:
+            from omnimodal_audio.encoders import read_whisper_config
+
+            self._whisper = read_whisper_config(self.cfg["encoder"].get("path"))
+        return self._whisper
+
     def whisper_window(self) -> int:
         """Mel frames in Whisper's input window (``max_source_positions * 2``; 3000 = 30 s pretrained)."""
-        hf = self.cfg["encoder"].get("hf_config")
-        if hf:
-            return int(hf["max_source_positions"]) * 2
-        return int(self._feature_extractor().nb_max_frames)
+        return int(self.whisper_config()["max_source_positions"]) * 2
 
     def max_samples(self) -> tuple[int | None, str]:
         """The longest clip kept, in samples at :attr:`sample_rate`, and why (for messages)."""
@@ -156,12 +165,13 @@ class AudioModality(Modality):
         return {"input_features": self._logmel(loaded)}
 
     def encoder_length(self, features: dict[str, Any]) -> int:
-        """Encoder positions for this item from its frame count (``ceil(frames / 4)`` by default)."""
-        from omnimodal_audio.encoders import conv_output_length
+        """Encoder positions for this item from its frame count (``ceil(frames / 4)`` by default):
+        the encoders' own length functions."""
+        from omnimodal_audio.encoders import conv_output_length, whisper_output_length
 
         frames = int(features.get("num_frames", features["input_features"].shape[-1]))
         if self.is_whisper:
-            return (min(frames, self.whisper_window()) + 1) // 2
+            return whisper_output_length(frames, self.whisper_window())
         return conv_output_length(frames, int(self.cfg["encoder"].get("conv_layers", 2)))
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,10 +211,9 @@ class AudioModality(Modality):
                 raise ConfigError(f"audio conv encoder: bad option ({exc})") from exc
         if self.processor is None and load_weights:
             self.processor = _load_feature_extractor(enc.get("path"))
-        encoder = WhisperAudioEncoder.create(enc, load_weights=load_weights)
+        encoder = WhisperAudioEncoder.create(enc, None if load_weights else self.whisper_config(), load_weights=load_weights)
         config = encoder.model.config
-        # Remember the architecture so a saved model rebuilds without the original path.
-        self.cfg["encoder"]["hf_config"] = config.to_dict()
+        self._whisper = self._whisper or config.to_dict()
         if self.processor is not None:
             if int(self.processor.feature_size) != int(config.num_mel_bins):
                 raise ConfigError(
@@ -220,16 +229,50 @@ class AudioModality(Modality):
         return encoder
 
     def save_assets(self, directory: Path) -> None:
-        """Save the Whisper feature extractor next to the model (nothing for the conv encoder)."""
-        if self.processor is not None:
-            self.processor.save_pretrained(directory)
+        """Save the Whisper feature extractor and config next to the model (nothing for the conv encoder)."""
+        if not self.is_whisper:
+            return
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._feature_extractor().save_pretrained(directory)
+        (directory / WHISPER_CONFIG).write_text(json.dumps(self.whisper_config(), indent=2, default=str))
 
     def load_assets(self, directory: Path) -> None:
-        """Load the Whisper feature extractor saved by :meth:`save_assets`."""
-        if (Path(directory) / "preprocessor_config.json").is_file():
-            from transformers import WhisperFeatureExtractor
+        """Load the Whisper feature extractor and config saved by :meth:`save_assets`."""
+        if not self.is_whisper:
+            return
+        directory = Path(directory)
+        if (directory / WHISPER_CONFIG).is_file():
+            self._whisper = json.loads((directory / WHISPER_CONFIG).read_text())
+        elif self.cfg["encoder"].get("hf_config"):  # saved before the config became an asset
+            self._whisper = dict(self.cfg["encoder"]["hf_config"])
+        else:
+            raise ConfigError(f"{directory}: the saved model's {WHISPER_CONFIG} is missing")
+        if not (directory / "preprocessor_config.json").is_file():
+            raise ConfigError(f"{directory}: the saved model's Whisper feature extractor is missing")
+        from transformers import WhisperFeatureExtractor
 
-            self.processor = WhisperFeatureExtractor.from_pretrained(directory)
+        self.processor = WhisperFeatureExtractor.from_pretrained(directory)
+
+    # ---- contract examples -----------------------------------------------------------
+    def example_items(self, rng: random.Random, n: int) -> list[Any]:
+        """Noise and tones from 0.05 s to 1.5 s (mono and stereo, several sample rates)."""
+        gen = np.random.default_rng(rng.randrange(2**32))
+        items: list[Any] = []
+        for i in range(n):
+            rate = rng.choice([8000, 16000, 22050])
+            samples = max(1, int(rate * rng.uniform(0.05, 1.5)))
+            wave = (0.3 * gen.standard_normal((1 + i % 2, samples))).astype(np.float32)
+            items.append({"array": wave if i % 2 else wave[0], "sample_rate": rate})
+        return items
+
+    def bad_items(self) -> list[tuple[Any, str]]:
+        return [
+            (b"RIFF....not audio", "not a readable audio file"),
+            ({"array": np.zeros(0, np.float32), "sample_rate": 16000}, "empty"),
+            ({"array": np.full(100, np.nan, np.float32), "sample_rate": 16000}, "NaN"),
+            (np.zeros(100, np.float32), "sample rate"),
+        ]
 
     # ---- helpers ---------------------------------------------------------------------
     def _feature_extractor(self):

@@ -11,7 +11,7 @@ from pathlib import Path
 from omnimodal.hookspecs import hookimpl
 from omnimodal.specs import DemoSpec, ModalitySpec, ProjectorSpec
 
-OMNIMODAL_API_VERSION = 1
+OMNIMODAL_API_VERSION = 2
 
 
 @hookimpl
@@ -27,6 +27,8 @@ def omnimodal_register_modalities(register):
             requires=("rdkit", "torch_geometric"),
             install_hint="pip install 'omnimodal[molecule]'",
             description="molecules (SMILES, MOL block, .mol/.sdf) -> RDKit graph -> GIN (GINEConv)",
+            cli_flags=("molecule",),
+            cli_help="SMILES, or a .mol/.sdf file",
         )
     )
 

@@ -18,6 +18,7 @@ Config keys (``modalities.molecule``, see ``conf/modalities/molecule.yaml``):
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,12 @@ class MoleculeModality(Modality):
         if not isinstance(value, str):
             raise DataError(f"a 'molecule' part's {key!r} must be a string, got {type(value).__name__}")
         return MolBlock(value) if key == "molblock" else value
+
+    def cli_part(self, value: str) -> dict[str, Any]:
+        """``--molecule CCO`` is a SMILES; ``--molecule x.sdf`` (an existing .mol/.sdf file) a path."""
+        if value.lower().endswith((".mol", ".sdf")) and Path(value).is_file():
+            return {"type": self.part_type, "path": value}
+        return {"type": self.part_type, "smiles": value}
 
     def item_from_api_part(self, part: dict[str, Any]) -> Any:
         """``{"type": "molecule", "smiles": ...}`` (or ``molblock``) -> raw item; no file paths."""
@@ -143,3 +150,23 @@ class MoleculeModality(Modality):
             return GINEEncoder(**enc)
         except TypeError as exc:
             raise ConfigError(f"molecule encoder: bad option ({exc})") from exc
+
+    # ---- contract examples -----------------------------------------------------------
+    def example_items(self, rng: random.Random, n: int) -> list[Any]:
+        """Molecules from 1 to ~30 heavy atoms (SMILES strings and one MOL block)."""
+        from omnimodal_molecule.chem import MolBlock
+
+        pool = [
+            "C", "CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
+            "OC(=O)CCCCCCCCCCCCCCC", "Clc1ccc(cc1)C(c1ccc(Cl)cc1)C(Cl)(Cl)Cl", "N#N", "O=C=O",
+            "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "C1CCC2(CC1)CCCCC2", "CCN(CC)CCOC(=O)c1ccc(N)cc1",
+        ]
+        picks = [rng.choice(pool) for _ in range(n)]
+        if picks:
+            from rdkit import Chem
+
+            picks[0] = MolBlock(Chem.MolToMolBlock(Chem.MolFromSmiles(picks[0])))
+        return picks
+
+    def bad_items(self) -> list[tuple[Any, str]]:
+        return [("C1CC", "SMILES"), ("not a molecule", "SMILES"), (12345, "cannot load a molecule")]

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from omnimodal.hookspecs import hookimpl
-from omnimodal.specs import DemoSpec, ModalitySpec
+from omnimodal.specs import DemoSpec, ExportSpec, ModalitySpec
 
-OMNIMODAL_API_VERSION = 1
+OMNIMODAL_API_VERSION = 2
 
 
 @hookimpl
@@ -24,7 +24,9 @@ def omnimodal_register_modalities(register):
             api_part_types=("image_url",),
             requires=("PIL",),
             install_hint="pip install pillow",
-            description="images (path, bytes, PIL, array) -> ViT / CLIP / SigLIP",
+            description="images (path, bytes, PIL, array) -> ViT / CLIP / SigLIP / SigLIP2",
+            cli_flags=("image",),
+            cli_help="image file",
         )
     )
 
@@ -37,3 +39,8 @@ def omnimodal_config_dirs():
 @hookimpl
 def omnimodal_demo_data():
     return [DemoSpec("vision", "omnimodal_vision.demo:build", version="2", description="coloured shapes QA")]
+
+
+@hookimpl
+def omnimodal_export_formats():
+    return [ExportSpec("llava", "omnimodal_vision.llava:export_llava", "a transformers LlavaForConditionalGeneration dir (CLIP/SigLIP tower + mlp projector)")]

@@ -1,9 +1,17 @@
-"""Vision modality: load (path, bytes, PIL, array) -> preprocess (resize/pad, normalise) -> collate."""
+"""Vision modality: load (path, bytes, PIL, array) -> preprocess (resize/pad, normalise) -> collate.
+
+Token counts come from :mod:`omnimodal_vision.encoders` (``vit_length``, ``tower_lengths``):
+the very functions the encoders use to size their output. A pretrained tower's architecture
+(its HF config) is read from its path (JSON only) or, in a saved model, from
+``assets/<name>/tower_config.json``; it never goes into the modality's config.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ class VisionModality(Modality):
         if self.cfg.get("resize", "squash") not in ("squash", "pad"):
             raise ConfigError(f"vision.resize must be 'squash' or 'pad', got {self.cfg.get('resize')!r}")
         self.processor = None
+        self._tower: dict[str, Any] | None = None
 
     # ---- data side -------------------------------------------------------------------
     def item_from_api_part(self, part: dict[str, Any]) -> Any:
@@ -86,8 +95,12 @@ class VisionModality(Modality):
 
     def preprocess(self, loaded: Image.Image, source: str) -> dict[str, Any]:
         if self.image_processor() is not None:
-            pixels = self.processor(images=loaded, return_tensors="pt")["pixel_values"][0]
-            return {"pixel_values": pixels}
+            out = self.processor(images=loaded, return_tensors="pt")
+            if "spatial_shapes" in out:  # SigLIP2: keep this image's own patches only
+                shape = out["spatial_shapes"][0].long()
+                n = int(shape.prod())
+                return {"pixel_values": out["pixel_values"][0, :n], "spatial_shapes": shape}
+            return {"pixel_values": out["pixel_values"][0]}
         size = int(self.cfg.get("image_size", 64))
         image = loaded
         if self.cfg.get("resize", "squash") == "pad":
@@ -98,47 +111,92 @@ class VisionModality(Modality):
         std = torch.tensor(self.cfg.get("std", [0.5] * 3)).view(3, 1, 1)
         return {"pixel_values": (x - mean) / std}
 
+    def tower_config(self) -> dict[str, Any]:
+        """The pretrained tower's HF config as a dict (from the saved assets, or its path)."""
+        if self._tower is None:
+            from omnimodal_vision.encoders import read_tower_config
+
+            self._tower = read_tower_config(self.cfg["encoder"].get("path"))
+        return self._tower
+
     def encoder_length(self, features: dict[str, Any]) -> int:
+        """Positions the encoder gives for this item: the encoders' own length functions."""
+        from omnimodal_vision.encoders import tower_lengths, vit_length
+
         enc = self.cfg["encoder"]
         if enc["kind"] == "vit":
-            side = int(self.cfg.get("image_size", 64)) // int(enc.get("patch_size", 16))
-            return side * side + (1 if enc.get("features", "patch") == "cls_patch" else 0)
-        hf = enc.get("hf_config") or {}
-        side = int(hf["image_size"]) // int(hf["patch_size"])
-        has_cls = enc.get("_has_cls", True)
-        keep_cls = enc.get("features", "patch") == "cls_patch" and has_cls
-        return side * side + (1 if keep_cls else 0)
+            return vit_length(int(self.cfg.get("image_size", 64)), int(enc.get("patch_size", 16)), enc.get("features", "patch"))
+        return int(tower_lengths(self.tower_config(), enc.get("features", "patch"), features.get("spatial_shapes"))[0])
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"pixel_values": torch.stack([it["pixel_values"] for it in items])}
+        """Stack pixels; variable-resolution (SigLIP2) patches are padded, with their mask and grid."""
+        if "spatial_shapes" not in items[0]:
+            return {"pixel_values": torch.stack([it["pixel_values"] for it in items])}
+        longest = max(it["pixel_values"].shape[0] for it in items)
+        pixels = torch.zeros(len(items), longest, items[0]["pixel_values"].shape[1])
+        mask = torch.zeros(len(items), longest, dtype=torch.long)
+        for i, it in enumerate(items):
+            n = it["pixel_values"].shape[0]
+            pixels[i, :n], mask[i, :n] = it["pixel_values"], 1
+        shapes = torch.stack([it["spatial_shapes"] for it in items])
+        return {"pixel_values": pixels, "pixel_attention_mask": mask, "spatial_shapes": shapes}
 
     # ---- model side ------------------------------------------------------------------
     def build_encoder(self, load_weights: bool = True):
+        """A ViT from config, or a pretrained tower (weights from ``path``, or the saved
+        architecture with ``load_weights=False``). Leaves ``self.cfg`` as it is."""
         from omnimodal_vision.encoders import HFVisionTower, ViTEncoder
 
         enc = dict(self.cfg["encoder"])
         if enc.pop("kind") == "vit":
             size = int(self.cfg.get("image_size", 64))
             return ViTEncoder(image_size=size, **enc)
-        tower = HFVisionTower.create(enc, load_weights=load_weights)
-        # Remember the architecture so a saved model rebuilds without the original path.
-        self.cfg["encoder"]["hf_config"] = tower.model.config.to_dict()
-        self.cfg["encoder"]["_has_cls"] = tower.has_cls
+        tower = HFVisionTower.create(enc, None if load_weights else self.tower_config(), load_weights=load_weights)
+        self._tower = self._tower or {**tower.model.config.to_dict(), "model_type": tower.model.config.model_type}
         if load_weights:
             self.image_processor()
         return tower
 
     def save_assets(self, directory: Path) -> None:
+        """The tower's image processor and HF config (so the saved model needs no original path)."""
+        if self.cfg["encoder"]["kind"] != "hf":
+            return
+        directory.mkdir(parents=True, exist_ok=True)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
+        (directory / TOWER_CONFIG).write_text(json.dumps(self.tower_config(), indent=2, default=str))
 
     def load_assets(self, directory: Path) -> None:
+        if self.cfg["encoder"]["kind"] != "hf":
+            return
+        if (directory / TOWER_CONFIG).is_file():
+            self._tower = json.loads((directory / TOWER_CONFIG).read_text())
+        elif self.cfg["encoder"].get("hf_config"):  # saved before the tower config became an asset
+            self._tower = dict(self.cfg["encoder"]["hf_config"])
+        else:
+            raise ConfigError(f"{directory}: the saved model's {TOWER_CONFIG} is missing")
         if (directory / "preprocessor_config.json").is_file():
             from transformers import AutoImageProcessor
 
             self.processor = AutoImageProcessor.from_pretrained(directory)
-        elif self.cfg["encoder"]["kind"] == "hf":
+        else:
             raise ConfigError(f"{directory}: the saved model's image processor is missing")
+
+    # ---- contract examples -----------------------------------------------------------
+    def example_items(self, rng: random.Random, n: int) -> list[Any]:
+        """Random RGB arrays of varied sizes and aspect ratios (and one PIL image)."""
+        gen = np.random.default_rng(rng.randrange(2**32))
+        items: list[Any] = []
+        for i in range(n):
+            arr = gen.integers(0, 256, size=(rng.randint(8, 96), rng.randint(8, 96), 3), dtype=np.uint8)
+            items.append(Image.fromarray(arr) if i == 0 else arr)
+        return items
+
+    def bad_items(self) -> list[tuple[Any, str]]:
+        return [(b"not an image", "not a readable image"), (np.zeros((4, 4)), "HxWx3"), (np.zeros((0, 5, 3), np.uint8), "")]
+
+
+TOWER_CONFIG = "tower_config.json"
 
 
 def _load_processor(path: str):
