@@ -248,7 +248,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Answer each conversation of a JSONL file; write the input line plus ``answer`` per line."""
     import json
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from omnimodal.inference import load
 

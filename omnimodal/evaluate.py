@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, question_text
 from omnimodal.data.records import Record

@@ -335,7 +335,7 @@ class Pipeline:
 
     def generate(self, conversations: Iterable[Messages | str], options: GenerationOptions | None = None, batch_size: int = 8, base_dir: str | Path | None = None, progress: bool = False, **overrides: Any) -> list[Completion]:
         """Answer many conversations, ``batch_size`` at a time (left-padded batches)."""
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         opts = self.options(options, **overrides)
         conversations = list(conversations)
