@@ -249,6 +249,10 @@ def content_spans(tokenizer, messages: list[dict[str, str]], text: str, source: 
     pos = 0  # position in text
     last = 0  # position in marked
     hits = list(_MARKED.finditer(marked))
+    intact = {int(h.group(1)) for h in hits if not any(c in h.group(2) for c in (_OPEN, _MID, _CLOSE))}
+    if len(intact) < len(hits) or any(c in _MARKED.sub("", marked) for c in (_OPEN, _MID, _CLOSE)):
+        broken = [f"{i} ({m['role']})" for i, m in enumerate(messages) if i not in intact]
+        raise _broken(source, f"the template rewrites the content of message {', '.join(broken)}", text, 0)
     for n, hit in enumerate(hits):
         literal = marked[last : hit.start()]
         if not text.startswith(literal, pos):

@@ -155,7 +155,15 @@ TEXTS = [
 
 def build_tokenizer(family: Family, texts: list[str] = TEXTS, vocab_size: int = 400):
     """A fast tokenizer of the family's kind, trained on ``texts``, with the family's specials."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if family.pre_tokenizer == "bytelevel":
