@@ -251,6 +251,10 @@ class OmniModel(nn.Module):
             for name, module in self.decoder.named_modules():
                 if "lora_" in name:
                     module.train()
+        if mode and "decoder" in self.frozen:
+            _keep_checkpointing(self.decoder)
+        for group in (self.encoders, self.projectors):  # a container is in train mode iff a member is
+            group.training = mode and any(m.training for m in group.children())
         return self
 
     # ---- saving and loading --------------------------------------------------------------
@@ -364,6 +368,19 @@ class OmniModel(nn.Module):
 
             model.decoder = PeftModel.from_pretrained(model.decoder, directory / config["adapter"])
         return model.eval()
+
+
+def _keep_checkpointing(decoder: nn.Module) -> None:
+    """Under a frozen decoder, gradient checkpointing stays on: transformers checkpoints a layer
+    only while that layer's own ``training`` flag is set. Only that flag is set (not the layer's
+    submodules), so dropout inside stays off."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # pragma: no cover - older transformers
+        return
+    for module in decoder.modules():
+        if isinstance(module, GradientCheckpointingLayer) and getattr(module, "gradient_checkpointing", False):
+            module.training = True
 
 
 def _atomic(path: Path, write) -> None:

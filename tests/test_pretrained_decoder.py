@@ -85,10 +85,11 @@ def _train_align(model, records, steps: int, train_new_tokens: bool, lr: float =
     apply_stage(model, stage, {"vision": {"train_encoder": False}})
     opt = torch.optim.AdamW(parameter_groups(model, 0.0, stage), lr=lr)
     ds = ConversationDataset(records, model.tokenizer, model.modalities, model.placeholder_ids)
+    samples = [ds[i] for i in range(len(ds))]  # images preprocessed once
     collate = Collator(model.modalities, model.tokenizer.pad_token_id)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        batch = collate([ds[i] for i in torch.randint(len(ds), (8,), generator=g).tolist()])
+        batch = collate([samples[i] for i in torch.randint(len(ds), (8,), generator=g).tolist()])
         loss = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["media"]).loss
         opt.zero_grad()
         loss.backward()
@@ -176,6 +177,22 @@ def test_every_module_mode_is_exact_from_first_step_after_validation_and_resume(
         assert not wrong, f"{stage} {step}: wrong mode for {wrong[:8]}"
     if stage == "lora":
         assert any("lora_dropout" in n and mode for n, mode in seen[0][1].items())
+
+
+def test_gradient_checkpointing_stays_on_under_a_frozen_decoder(tmp_path):
+    """transformers checkpoints a layer only in train mode: the frozen decoder's checkpointed
+    layers keep their own flag set, everything inside them stays in eval mode."""
+    dec = make_decoder_dir(tmp_path / "dec", FAMILIES["chatml"], template=False, dropout=0.1)
+    model = _model(dec)
+    model.decoder.gradient_checkpointing_enable()
+    apply_stage(model, ALIGN, {})
+    layers = model.decoder.model.layers
+    assert all(layer.training for layer in layers)
+    assert not any(m.training for layer in layers for m in layer.modules() if m is not layer)
+    assert not model.decoder.model.training
+    batch = _batch(model, _records())
+    model(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss.backward()
+    assert model.new_tokens.embed.grad is not None and model.new_tokens.embed.grad.abs().sum() > 0
 
 
 # ---- generation stops on every EOS id -----------------------------------------------------------
