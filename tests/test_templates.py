@@ -84,6 +84,9 @@ def test_offsets_come_from_tokenizer_kwargs_not_a_dropped_argument():
                                   tokenizer_kwargs={"return_offsets_mapping": True})
     ids, offsets = tokenize_rendered(tok, render(tok, CONV))
     assert ids == out["input_ids"] and offsets == [tuple(o) for o in out["offset_mapping"]]
+    # the trap itself (if transformers starts honouring it, this line can go)
+    dropped = tok.apply_chat_template(CONV, tokenize=True, return_dict=True, date_string="26 Jul 2024", return_offsets_mapping=True)
+    assert "offset_mapping" not in dropped
 
 
 def test_metaspace_token_starts_before_the_content_and_is_still_labelled():
