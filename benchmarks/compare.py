@@ -64,12 +64,12 @@ class PeakRSS:
 
 def build_parts(root: Path, records: int, image_size: int) -> dict[str, Any]:
     """Demo data, a saved tiny CLIP tower, and the omnimodal model built on it."""
+    from omnimodal_vision.demo import build
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     from omnimodal.data.dataset import answer_text, question_text
     from omnimodal.data.records import read_jsonl
     from omnimodal.model import OmniModel
-    from omnimodal_vision.demo import build
 
     files = build(root / "data", seed=0, sizes={"train": records, "val": 8, "test": 8})
     clip_dir = root / "clip"

@@ -61,7 +61,7 @@ def predict(model, records: list[Record], batch_size: int = 64, max_new_tokens: 
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         media = _to_device(batch["media"], device)
         out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), media, max_new_tokens=max_new_tokens)
-        answers.extend(model.tokenizer.batch_decode(out, skip_special_tokens=True))
+        answers.extend(model.tokenizer.batch_decode(model.cut_at_eos(out), skip_special_tokens=True))  # every EOS id ends an answer
     model.train(was_training)
     return answers
 

@@ -471,11 +471,12 @@ def _fit_embeddings(model) -> None:
 
 
 def _eos_ids(tokenizer, decoder) -> set[int]:
-    ids = {tokenizer.eos_token_id}
+    """Every id that ends an answer: the chat format's EOS list, the tokenizer's EOS and the
+    decoder's ``generation_config`` (a list for Llama 3)."""
+    from omnimodal.templates import chat_format, merge_eos
+
     cfg = getattr(decoder, "generation_config", None)
-    extra = getattr(cfg, "eos_token_id", None)
-    ids.update(extra if isinstance(extra, list) else [extra])
-    return {i for i in ids if i is not None}
+    return set(merge_eos(chat_format(tokenizer).eos_ids, tokenizer.eos_token_id, getattr(cfg, "eos_token_id", None)))
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -31,11 +31,13 @@ from omnimodal.decoder import (  # noqa: E402
     build_decoder,
     decoder_from_config,
     load_tokenizer,
+    new_token_rows,
     train_bpe_tokenizer,
 )
 from omnimodal.errors import ConfigError, PluginError, SpliceError  # noqa: E402
 from omnimodal.modality import Modality, build_encoder_checked  # noqa: E402
 from omnimodal.projectors import build_projector  # noqa: E402
+from omnimodal.templates import ChatFormat, chat_format, merge_eos, set_chat_format  # noqa: E402
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "omnimodal.json"
@@ -57,12 +59,15 @@ def build_modalities(cfg: dict[str, dict[str, Any]]) -> dict[str, Modality]:
 
 def build_tokenizer(decoder_cfg: dict[str, Any], texts: list[str] | None = None):
     """A scratch decoder's BPE tokenizer (trained on ``texts``) or a pretrained one by path."""
+    kwargs = dict(decoder_cfg.get("chat_template_kwargs") or {})
     if decoder_cfg.get("kind") == "scratch":
         if not texts:
             raise ConfigError("a scratch decoder needs training texts to build its tokenizer")
         tcfg = decoder_cfg.get("tokenizer") or {}
-        return train_bpe_tokenizer(texts, int(tcfg.get("vocab_size", 600)))
-    return load_tokenizer(decoder_cfg.get("path"), decoder_cfg.get("chat_template", "default"))
+        tok = train_bpe_tokenizer(texts, int(tcfg.get("vocab_size", 600)))
+        chat_format(tok).template_kwargs = kwargs
+        return tok
+    return load_tokenizer(decoder_cfg.get("path"), decoder_cfg.get("chat_template", "auto"), kwargs)
 
 
 class OmniModel(nn.Module):
@@ -76,11 +81,22 @@ class OmniModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.projectors = nn.ModuleDict(projectors)
         self.decoder_cfg = dict(decoder_cfg or {})
+        fmt = chat_format(tokenizer)  # before placeholders: its base vocabulary excludes them
         self.placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
         if decoder.get_input_embeddings().num_embeddings < len(tokenizer):
             # Placeholders added after the decoder was built: give them embedding rows.
             decoder.resize_token_embeddings(len(tokenizer))
         self.modality_token = {name: self.placeholder_ids[m.placeholder] for name, m in modalities.items()}
+        # Generation stops on every EOS id: the tokenizer's, the decoder's generation_config's
+        # (a list for Llama 3) and omnimodal's end-of-turn token when its template is used.
+        gen = getattr(decoder, "generation_config", None)
+        fmt.eos_ids = merge_eos(fmt.eos_ids, getattr(gen, "eos_token_id", None))
+        if gen is not None:
+            gen.eos_token_id = list(fmt.eos_ids) if len(fmt.eos_ids) > 1 else (fmt.eos_ids[0] if fmt.eos_ids else None)
+            if tokenizer.pad_token_id is not None:
+                gen.pad_token_id = tokenizer.pad_token_id
+        self.new_token_ids: list[int] = list(range(fmt.base_vocab_size or len(tokenizer), len(tokenizer)))
+        self.new_tokens: nn.Module | None = None
         self.frozen: set[str] = set()
         self.extra: dict[str, Any] = {}
 
@@ -166,9 +182,40 @@ class OmniModel(nn.Module):
         """
         embeds = self.embed(input_ids, media)
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        kwargs.setdefault("eos_token_id", self.eos_token_ids)
         kwargs.setdefault("do_sample", False)
         return self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends an answer (generation stops on any of them)."""
+        return list(chat_format(self.tokenizer).eos_ids)
+
+    def cut_at_eos(self, rows: torch.Tensor | list[list[int]]) -> list[list[int]]:
+        """Each row of generated ids up to (not including) its first EOS id."""
+        eos = set(self.eos_token_ids)
+        out = []
+        for row in rows.tolist() if isinstance(rows, torch.Tensor) else rows:
+            n = next((i for i, t in enumerate(row) if t in eos), len(row))
+            out.append(row[:n])
+        return out
+
+    # ---- new tokens under a frozen decoder ---------------------------------------------------
+    def train_new_tokens(self, enable: bool = True) -> None:
+        """Give the tokens omnimodal added (placeholders; role and end-of-turn tokens of its
+        template) trainable rows in the input embeddings and the LM head while the rest of the
+        decoder stays frozen (see :func:`omnimodal.decoder.new_token_rows`). ``enable=False``
+        merges the rows into the weights and removes them."""
+        if self.new_tokens is not None:
+            self.new_tokens.remove()
+            self.new_tokens = None
+        if enable and self.new_token_ids:
+            self.new_tokens = new_token_rows(self.decoder, self.new_token_ids)
+
+    def merge_new_tokens(self) -> None:
+        """Write trained new-token rows into the decoder's weights (outputs do not change)."""
+        if self.new_tokens is not None:
+            self.new_tokens.merge()
 
     # ---- LoRA ------------------------------------------------------------------------------
     @property
@@ -209,10 +256,22 @@ class OmniModel(nn.Module):
             module.eval()
 
     def train(self, mode: bool = True) -> OmniModel:
-        """Like ``nn.Module.train`` but frozen components stay in eval mode (dropout, norms)."""
+        """Like ``nn.Module.train`` but frozen components stay in eval mode (dropout, norms).
+
+        A frozen decoder carrying LoRA adapters is in eval mode except its ``lora_*`` modules
+        (their dropout is active).
+        """
         super().train(mode)
         for component in self.frozen:
             self.get_submodule(component).eval()
+        if mode and self.has_lora and "decoder" in self.frozen:
+            for name, module in self.decoder.named_modules():
+                if "lora_" in name:
+                    module.train()
+        if mode and "decoder" in self.frozen:
+            _keep_checkpointing(self.decoder)
+        for group in (self.encoders, self.projectors):  # a container is in train mode iff a member is
+            group.training = mode and any(m.training for m in group.children())
         return self
 
     # ---- saving and loading --------------------------------------------------------------
@@ -250,6 +309,9 @@ class OmniModel(nn.Module):
             "placeholders": {name: m.placeholder for name, m in self.modalities.items()},
             "extra": self.extra,
         }
+        self.merge_new_tokens()
+        fmt = chat_format(self.tokenizer)
+        config["decoder"]["chat_format"] = {**fmt.to_dict(), "base_vocab_size": len(self.tokenizer) - len(self.new_token_ids)}
         if self.has_lora and lora == "separate":
             self.decoder.save_pretrained(directory / "adapter")
             config["adapter"] = "adapter"
@@ -257,10 +319,14 @@ class OmniModel(nn.Module):
         config["decoder"]["hf_config"] = plain.config.to_dict()
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
         live, self.decoder = self.decoder, plain
+        rows = self._modules.pop("new_tokens", None)  # merged above; not part of the format
         try:
             _atomic(directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp)))
         finally:
             self.decoder = live
+            self.new_tokens = rows
+        if getattr(plain, "generation_config", None) is not None:
+            plain.generation_config.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         return directory
 
@@ -293,7 +359,14 @@ class OmniModel(nn.Module):
         for name, modality in modalities.items():
             modality.load_assets(directory / "assets" / name)
         tokenizer = AutoTokenizer.from_pretrained(directory)
+        saved_fmt = config["decoder"].get("chat_format")
+        if saved_fmt:
+            set_chat_format(tokenizer, ChatFormat.from_dict(saved_fmt))
         decoder = decoder_from_config(config["decoder"]["hf_config"])
+        if (directory / "generation_config.json").is_file():
+            from transformers import GenerationConfig
+
+            decoder.generation_config = GenerationConfig.from_pretrained(directory)
         d_model = decoder.config.hidden_size
         encoders, projectors = {}, {}
         for name, modality in modalities.items():
@@ -333,6 +406,19 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     if reduction == "sum":
         return total
     return total / (shift_labels != -100).sum().clamp(min=1)
+
+
+def _keep_checkpointing(decoder: nn.Module) -> None:
+    """Under a frozen decoder, gradient checkpointing stays on: transformers checkpoints a layer
+    only while that layer's own ``training`` flag is set. Only that flag is set (not the layer's
+    submodules), so dropout inside stays off."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # pragma: no cover - older transformers
+        return
+    for module in decoder.modules():
+        if isinstance(module, GradientCheckpointingLayer) and getattr(module, "gradient_checkpointing", False):
+            module.training = True
 
 
 def _atomic(path: Path, write) -> None:

@@ -1,8 +1,9 @@
 """Text side of a sample: chat template -> token ids -> placeholders expanded -> labels.
 
-Assistant spans come from the tokenizer's own assistant-token mask (the template carries
-``{% generation %}`` markers), never from splitting strings on separators. Each media part
-becomes its placeholder token repeated M times, M known before the forward pass.
+Assistant spans come from the rendered conversation by character offsets
+(:func:`omnimodal.templates.encode_chat`: each answer through its end-of-turn token), never
+from splitting strings on separators. Each media part becomes its placeholder token repeated
+M times, M known before the forward pass.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnimodal.errors import SampleTooLongError, SpliceError
+from omnimodal.templates import encode_chat
 
 IGNORE_INDEX = -100
 
@@ -51,15 +53,7 @@ def encode(
     to the span's start and the item is dropped); a sample left with no label is an error.
     """
     rendered = render_messages(messages, placeholders)
-    out = tokenizer.apply_chat_template(
-        rendered,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=not add_generation_prompt,
-        add_generation_prompt=add_generation_prompt,
-    )
-    ids = list(out["input_ids"])
-    mask = list(out["assistant_masks"]) if not add_generation_prompt else [0] * len(ids)
+    ids, mask = encode_chat(tokenizer, rendered, add_generation_prompt, source)
     id_to_type = {placeholder_ids[placeholders[t]]: t for t in placeholders}
     positions = [i for i, t in enumerate(ids) if t in id_to_type]
     if len(positions) != len(item_tokens) or any(id_to_type[ids[p]] != t for p, (t, _) in zip(positions, item_tokens)):

@@ -13,24 +13,30 @@ from omnimodal.model import OmniModel, label_token_count
 
 
 def apply_stage(model: OmniModel, stage: dict[str, Any], modality_cfgs: dict[str, dict[str, Any]]) -> None:
-    """Set requires_grad (and eval mode for frozen parts) per the stage and each encoder's switch.
+    """Set requires_grad and the exact train/eval mode of every module per the stage.
 
     A ``lora`` entry in the stage wraps the decoder with PEFT adapters: then only the adapters
-    train in the decoder.
+    train in the decoder (their modules in train mode, the frozen base in eval mode). Under a
+    frozen decoder (``align``, ``lora``) the tokens omnimodal added get trainable rows in the
+    input embeddings and the LM head unless ``stage.train_new_tokens`` is false. Ends with
+    ``model.train()``: a pretrained decoder arrives in eval mode, and Lightning keeps each
+    module's mode as it finds it (and restores it after validation).
     """
     lora = stage.get("lora")
     if lora and not model.has_lora:
         model.apply_lora(**lora)
-    model.set_trainable("decoder", bool(stage.get("train_decoder", True)) and not lora)
+    train_decoder = bool(stage.get("train_decoder", True)) and not lora
+    model.set_trainable("decoder", train_decoder)
     if lora:
         for name, p in model.decoder.named_parameters():
             if "lora_" in name:
                 p.requires_grad_(True)
-        model.frozen.discard("decoder")  # adapters train; LoRA dropout must be active
+    model.train_new_tokens(not train_decoder and bool(stage.get("train_new_tokens", True)))
     for name in model.modalities:
         own = bool((modality_cfgs.get(name) or {}).get("train_encoder", True))
         model.set_trainable(f"encoders.{name}", bool(stage.get("train_encoders", True)) and own)
         model.set_trainable(f"projectors.{name}", bool(stage.get("train_projectors", True)))
+    model.train()
 
 
 def component_of(param_name: str) -> str:
@@ -42,7 +48,7 @@ def component_of(param_name: str) -> str:
 def component_lr(component: str, stage: dict[str, Any]) -> float:
     """The learning rate of one component: ``<kind>_lr`` in the stage, else ``lr``."""
     base = float(stage.get("lr", 5e-4))
-    kind = {"encoders": "encoder_lr", "projectors": "projector_lr", "decoder": "decoder_lr"}[component.split(".")[0]]
+    kind = {"encoders": "encoder_lr", "projectors": "projector_lr", "decoder": "decoder_lr", "new_tokens": "decoder_lr"}[component.split(".")[0]]
     value = stage.get(kind)
     return base if value is None else float(value)
 
@@ -145,6 +151,10 @@ class OmniLightningModule(L.LightningModule):
         if self.model is not None:
             self.model.train(mode)  # re-applies eval() to frozen parts
         return self
+
+    def on_train_start(self) -> None:
+        """Exact modes from the first step, also after a resume (Lightning calls no ``train()``)."""
+        self.train()
 
     def _step(self, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
         out = self.model(**batch, loss_reduction=reduction)

@@ -129,8 +129,9 @@ def to_llava(model):
         llava.tie_weights()
     gen = GenerationConfig.from_dict(merged_decoder(model).generation_config.to_dict())
     tok = model.tokenizer
-    if tok.eos_token_id is not None:
-        gen.eos_token_id = tok.eos_token_id
+    eos = getattr(model, "eos_token_ids", None) or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    if eos:  # every id of the EOS list (Llama 3: <|eot_id|> and <|end_of_text|>)
+        gen.eos_token_id = eos if len(eos) > 1 else eos[0]
     if tok.pad_token_id is not None:
         gen.pad_token_id = tok.pad_token_id
     gen.do_sample = False
