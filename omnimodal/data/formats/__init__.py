@@ -57,12 +57,13 @@ def _json_rows(path: Path) -> Rows:
     return JsonArray(path) if head[:1] == b"[" else JsonLines(path)
 
 
-def _rows(path: Path, container: str) -> Rows:
+def _rows(path: Path, container: str) -> tuple[Rows, bool]:
+    """The file's index (built now, or reused while the file is unchanged) and whether it is new."""
     stat = path.stat()
     key = (str(path.resolve()), container, stat.st_size, stat.st_mtime_ns)
     if key in _INDEX_CACHE:
         _INDEX_CACHE.move_to_end(key)
-        return _INDEX_CACHE[key]
+        return _INDEX_CACHE[key], False
     if container == "json":
         rows = _json_rows(path)
     elif container == "hf":
@@ -72,7 +73,7 @@ def _rows(path: Path, container: str) -> Rows:
     _INDEX_CACHE[key] = rows
     while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
         _INDEX_CACHE.popitem(last=False)
-    return rows
+    return rows, True
 
 
 def _sample(rows: Rows) -> list[Any]:
@@ -113,10 +114,11 @@ def open_file(path: str | Path, fmt: str, ctx: ReadContext) -> list[RecordSource
     paths = parquet_files(path) if container == "parquet" else [path]
     sources = []
     for p in paths:
-        rows = _rows(p, container)
+        rows, new = _rows(p, container)
         layout = fmt if fmt in LAYOUTS else detect_layout(rows, ctx) if len(rows) else "omnimodal"
         source = RecordSource(rows, LAYOUTS[layout], layout, ctx)
-        log.info("data: %s", source.describe())
+        if new:
+            log.info("data: %s", source.describe())
         sources.append(source)
     return sources
 

@@ -103,6 +103,8 @@ class JsonArray:
         self.starts = np.frombuffer(starts, dtype=np.int64).copy()
         self.ends = np.frombuffer(ends, dtype=np.int64).copy()
         self.lines = np.frombuffer(lines, dtype=np.int64).copy()
+        # A compact array sits on one line: then an element is named by its index instead.
+        self.by_index = len(self.lines) > 1 and int(self.lines[-1]) - int(self.lines[0]) < len(self.lines) - 1
         self._seeker = _Seeker(self.path)
 
     def _scan(self):
@@ -179,7 +181,7 @@ class JsonArray:
         return len(self.starts)
 
     def where(self, i: int) -> str:
-        return f"{self.path}:{int(self.lines[i])}"
+        return f"{self.path}[{i}]" if self.by_index else f"{self.path}:{int(self.lines[i])}"
 
     def row(self, i: int) -> Any:
         start = int(self.starts[i])

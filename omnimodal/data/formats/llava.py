@@ -7,6 +7,7 @@ under the key named by the part type. Records without media are text-only conver
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -17,14 +18,19 @@ from omnimodal.errors import DataError
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
+@functools.lru_cache(maxsize=16)
+def _splitter(placeholders: tuple[tuple[str, str], ...]) -> re.Pattern:
+    strings = sorted((p for _, p in placeholders), key=len, reverse=True)
+    return re.compile("(" + "|".join(re.escape(p) for p in strings) + ")")
+
+
 def split_placeholders(text: str, placeholders: dict[str, str]) -> list[tuple[str, str]]:
     """``text`` -> ``[("text", piece) | (part_type, placeholder)]`` in order, empty pieces dropped."""
     if not placeholders:
         return [("text", text)] if text else []
     by_string = {p: t for t, p in placeholders.items()}
-    pattern = "(" + "|".join(re.escape(p) for p in sorted(by_string, key=len, reverse=True)) + ")"
     out = []
-    for piece in re.split(pattern, text):
+    for piece in _splitter(tuple(sorted(placeholders.items()))).split(text):
         if piece in by_string:
             out.append((by_string[piece], piece))
         elif piece:
