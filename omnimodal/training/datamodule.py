@@ -110,8 +110,7 @@ class OmniDataModule(L.LightningDataModule):
         """Index every split once; records are read (and validated) lazily, when used."""
         if not self.records:
             placeholders = {m.part_type: m.placeholder for m in self.modalities.values()}
-            folder = self.cfg.get("image_folder")
-            ctx = ReadContext(self.part_types, placeholders, Path(folder).expanduser() if folder else None)
+            ctx = ReadContext.for_part_types(self.part_types, self.cfg.get("image_folder"), placeholders)
             for split, paths in self.files.items():
                 if paths:
                     self.records[split] = open_split(paths, self.cfg, ctx)

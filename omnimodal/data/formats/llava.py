@@ -42,6 +42,7 @@ def llava_layout(obj: Any, where: str, ctx: ReadContext) -> tuple[list[dict[str,
     """One LLaVA record -> raw messages (parts joined with no separator, so the text is verbatim)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("conversations"), list):
         raise DataError(f"{where}: a LLaVA record must be an object with a 'conversations' list")
+    ctx.check_inactive([k for k in ctx.inactive if obj.get(k)], where)
     media = {t: media_list(obj.get(t), t, where) for t in ctx.part_types}
     used = dict.fromkeys(media, 0)
     messages = []

@@ -25,6 +25,7 @@ def messages_layout(obj: Any, where: str, ctx: ReadContext) -> tuple[list[dict[s
     """One messages row -> raw messages; media parts filled from the media columns in order."""
     if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
         raise DataError(f"{where}: a messages record must be an object with a 'messages' list")
+    ctx.check_inactive([column_of(k) for k in ctx.inactive if obj.get(column_of(k))], where)
     media = {t: media_list(obj.get(column_of(t)), t, where) for t in ctx.part_types}
     used = dict.fromkeys(media, 0)
     messages = []

@@ -28,15 +28,26 @@ class ReadContext:
     part_types: dict[str, str]  # part type -> modality name
     placeholders: dict[str, str] = field(default_factory=dict)  # part type -> placeholder string
     media_root: Path | None = None  # data.image_folder: relative media paths resolve against it
+    inactive: dict[str, str] = field(default_factory=dict)  # installed but unselected: part type -> modality
 
     @classmethod
-    def for_part_types(cls, part_types: dict[str, str], media_root: str | Path | None = None) -> ReadContext:
-        """Placeholders looked up in the plugin registry (specs only, no torch)."""
+    def for_part_types(cls, part_types: dict[str, str], media_root: str | Path | None = None, placeholders: dict[str, str] | None = None) -> ReadContext:
+        """A context for these active part types; placeholders (unless given) and the part types
+        of installed but inactive modalities come from the plugin registry (specs only, no torch)."""
         from omnimodal.plugins import get_registry
 
         registry = get_registry()
-        placeholders = {t: registry.modality(name).placeholder for t, name in part_types.items()}
-        return cls(dict(part_types), placeholders, Path(media_root).expanduser() if media_root else None)
+        if placeholders is None:
+            placeholders = {t: registry.modality(name).placeholder for t, name in part_types.items()}
+        inactive = {spec.part_type: spec.name for spec in registry.modalities.values() if spec.part_type not in part_types}
+        return cls(dict(part_types), dict(placeholders), Path(media_root).expanduser() if media_root else None, inactive)
+
+    def check_inactive(self, present: list[str], where: str) -> None:
+        """Media keys of a modality that is installed but not selected: an error, not dropped."""
+        for key in present:
+            name = self.inactive.get(key) or self.inactive.get(key[:-1])
+            if name:
+                raise DataError(f"{where}: the record has {key!r} media but modality {name!r} is not active (add it to modalities=[...])")
 
 
 class Rows(Protocol):
