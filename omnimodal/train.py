@@ -142,6 +142,7 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from omnimodal.data.dataset import training_texts
+    from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError
     from omnimodal.evaluate import blind_baseline, evaluate, format_table
@@ -174,10 +175,10 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         texts = None
         if cfg["decoder"].get("kind") == "scratch":
             # The scratch tokenizer is trained on the training text (deterministic, so every rank
-            # agrees), streamed: the file is indexed once (the data module reuses the index).
+            # agrees), streamed from the lazily read records (the data module reuses the index).
             part_types = {m.part_type: n for n, m in modalities.items()}
-            on_error = cfg["data"].get("on_error", "raise")
-            texts = training_texts(read_split(files["train"], part_types, on_error, data_cfg=cfg["data"]).iter_records(on_error))
+            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport(), cfg["data"])
+            texts = training_texts(records)
         tokenizer = build_tokenizer(cfg["decoder"], texts)
 
         def build() -> OmniModel:
@@ -233,7 +234,8 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         return result
     print(throughput.describe(), flush=True)
 
-    baseline = blind_baseline(dm.iter_records("train"))  # one streaming pass
+    records = dm.load_records()
+    baseline = blind_baseline(records["train"])
     model.extra["blind_baseline"] = baseline
     if module.data_events:
         events = ", ".join(f"{k}={v}" for k, v in sorted(module.data_events.items()))
@@ -245,11 +247,10 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     plot = plot_losses(sorted((out_dir / "logs").glob("**/metrics.csv")), out_dir / "loss.png")
     if plot:
         log.info("loss curves: %s", plot)
-    test_records = dm.eval_records("test") if cfg.get("evaluate", True) else None
-    if test_records:
+    if cfg.get("evaluate", True) and records.get("test"):
         model.to(torch.device("cpu"))
         table = evaluate(
-            model, test_records, baseline,
+            model, records["test"], baseline,
             batch_size=int(cfg["data"].get("eval_batch_size", 64)),
             max_new_tokens=int(cfg["data"].get("max_new_tokens", 8)),
             max_length=cfg["data"].get("max_length"),

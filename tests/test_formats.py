@@ -278,7 +278,7 @@ def test_bad_record_names_file_line_and_reason(fmt, row, reason, tmp_path):
     with pytest.raises(DataError, match=rf"d.jsonl:3: .*{reason}"):
         records[2]
     # skip mode: streamed past (the loader counts it); evaluation views count it here
-    assert len(list(records.iter_records("skip"))) == 2
+    assert len(list(open_split([p], {"format": fmt, "on_error": "skip"}, CTX))) == 2
     report = SkipReport()
     assert len(records.valid(report)) == 2 and report.total == 1 and "d.jsonl:3" in report.summary()
 
@@ -388,3 +388,43 @@ def test_media_of_an_installed_but_inactive_modality_is_an_error_not_dropped(tmp
     msgs = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "images": ["a.png"]}])
     with pytest.raises(DataError, match=r"m.jsonl:1: the record has 'images' media but modality 'vision' is not active"):
         open_split([msgs], {"format": "messages"}, ctx)[0]
+
+
+def test_llava_other_modalities_use_their_key_and_placeholder_in_text_order(tmp_path):
+    ctx = ReadContext({"image": "vision", "audio": "audio", "molecule": "molecule"},
+                      {"image": "<image>", "audio": "<audio>", "molecule": "<molecule>"})
+    row = {"image": "a.png", "audio": ["x.wav", "y.wav"], "molecule": {"smiles": "CCO"},
+           "conversations": [{"from": "human", "value": "Hear <audio> then <audio>, see <image> and <molecule>?"},
+                             {"from": "gpt", "value": "yes"}]}
+    rec = open_split([write_jsonl(tmp_path / "l.jsonl", [row])], {}, ctx)[0]
+    parts = rec.messages[0]["content"]
+    assert [p["type"] for p in parts] == ["text", "audio", "text", "audio", "text", "image", "text", "molecule", "text"]
+    assert [p.get("path") for p in parts if p["type"] == "audio"] == ["x.wav", "y.wav"]
+    assert parts[7] == {"type": "molecule", "smiles": "CCO"}
+    from omnimodal.data.chat import render_messages
+
+    assert render_messages(rec.messages, ctx.placeholders)[0]["content"] == row["conversations"][0]["value"]  # verbatim
+
+
+def test_streamed_tokenizer_training_matches_the_sorted_set(vision_demo):
+    """The scratch tokenizer learns from an iterator (each text once) and comes out the same."""
+    from omnimodal.data.dataset import training_texts
+    from omnimodal.decoder import train_bpe_tokenizer
+
+    records = open_split([vision_demo["train"]], {}, CTX)
+    texts = list(training_texts(records)) + ["an extra text", "an extra text"]
+    streamed = train_bpe_tokenizer(iter(texts), 300)
+    reference = train_bpe_tokenizer(sorted(set(texts)), 300)
+    assert streamed.backend_tokenizer.to_str() == reference.backend_tokenizer.to_str()
+
+
+def test_skip_mode_test_split_is_a_view_without_bad_records(tiny_model, vision_demo, tmp_path):
+    from omnimodal.training.datamodule import OmniDataModule
+
+    lines = vision_demo["test"].read_text().splitlines()
+    p = write_jsonl(tmp_path / "test.jsonl", [lines[0], "{broken", lines[1]])
+    (tmp_path / "images").symlink_to(vision_demo["test"].parent / "images")
+    dm = OmniDataModule({"on_error": "skip"}, {"train": [vision_demo["train"]], "test": [p]}, tiny_model.tokenizer, tiny_model.modalities, tiny_model.placeholder_ids)
+    test = dm.load_records()["test"]
+    assert [r.source for r in test] == [f"{p}:1", f"{p}:3"]
+    assert dm.report.total == 1 and f"{p}:2" in dm.report.summary()

@@ -34,7 +34,7 @@ def read_split(paths: list[Path], part_types: dict[str, str], on_error: str = "r
     ``data.image_folder`` from ``data_cfg``); bad records surface when read."""
     if on_error not in ("raise", "skip"):
         raise DataError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
-    cfg = data_cfg or {}
+    cfg = {**(data_cfg or {}), "on_error": on_error}
     return open_split(paths, cfg, ReadContext.for_part_types(part_types, cfg.get("image_folder")))
 
 
@@ -107,27 +107,23 @@ class OmniDataModule(L.LightningDataModule):
             raise DataError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
     def load_records(self) -> dict[str, RecordSet]:
-        """Index every split once; records are read (and validated) lazily, when used."""
+        """Index every split once; records are read (and validated) lazily, when used.
+
+        Iterating a split streams it (skipping bad records under ``on_error=skip``). Under
+        ``on_error=skip`` the test split is a view without the records that fail to parse or
+        validate (one pass that keeps an index array; they are counted in the report), so
+        evaluation lines predictions up with records.
+        """
         if not self.records:
             placeholders = {m.part_type: m.placeholder for m in self.modalities.values()}
             ctx = ReadContext.for_part_types(self.part_types, self.cfg.get("image_folder"), placeholders)
             for split, paths in self.files.items():
                 if paths:
-                    self.records[split] = open_split(paths, self.cfg, ctx)
+                    records = open_split(paths, {**self.cfg, "on_error": self.on_error}, ctx)
+                    if split == "test" and self.on_error == "skip":
+                        records = records.valid(self.report)
+                    self.records[split] = records
         return self.records
-
-    def iter_records(self, split: str):
-        """Stream one split's records (bad ones passed over under ``on_error=skip``)."""
-        records = self.load_records().get(split)
-        return records.iter_records(self.on_error) if records is not None else iter(())
-
-    def eval_records(self, split: str) -> RecordSet | None:
-        """One split's records for evaluation; under ``on_error=skip``, a view without the
-        records that fail to parse or validate (counted in the report)."""
-        records = self.load_records().get(split)
-        if records is None or self.on_error != "skip":
-            return records
-        return records.valid(self.report)
 
     def dataset(self, split: str, mode: str = "train") -> ConversationDataset:
         """A dataset over one split's records."""

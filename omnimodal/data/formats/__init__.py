@@ -124,10 +124,10 @@ def open_file(path: str | Path, fmt: str, ctx: ReadContext) -> list[RecordSource
 
 
 def open_split(paths: list[Path], data_cfg: dict[str, Any], ctx: ReadContext) -> RecordSet:
-    """The lazy records of one split's files (format and folder from ``data_cfg``)."""
+    """The lazy records of one split's files (``format`` and ``on_error`` from ``data_cfg``)."""
     fmt = str(data_cfg.get("format") or "auto")
     sources = [s for p in paths for s in open_file(p, fmt, ctx)]
-    records = RecordSet(sources)
+    records = RecordSet(sources, on_error=str(data_cfg.get("on_error") or "raise"))
     if not len(records):
         raise DataError(f"{', '.join(str(p) for p in paths)}: no records")
     return records

@@ -101,10 +101,16 @@ class RecordSource(Sequence):
 
 
 class RecordSet(Sequence):
-    """Several sources (one split's files) as one lazy sequence, optionally through an index view."""
+    """Several sources (one split's files) as one lazy sequence, optionally through an index view.
 
-    def __init__(self, sources: list[RecordSource], keep: Any = None):
+    ``set[i]`` raises on a bad record; iterating streams the records, and with
+    ``on_error='skip'`` passes over bad ones (not counted: the training loader counts them
+    when it meets them, and :meth:`valid` when it filters).
+    """
+
+    def __init__(self, sources: list[RecordSource], keep: Any = None, on_error: str = "raise"):
         self.sources = sources
+        self.on_error = on_error
         self.starts = [0]
         for s in sources:
             self.starts.append(self.starts[-1] + len(s))
@@ -133,16 +139,10 @@ class RecordSet(Sequence):
 
     def __iter__(self) -> Iterator[Record]:
         for i in range(len(self)):
-            yield self[i]
-
-    def iter_records(self, on_error: str = "raise") -> Iterator[Record]:
-        """Stream the records; with ``on_error='skip'`` bad ones are passed over (not counted:
-        the training loader counts them when it meets them)."""
-        for i in range(len(self)):
             try:
                 yield self[i]
             except OmnimodalError:
-                if on_error != "skip":
+                if self.on_error != "skip":
                     raise
 
     def valid(self, report: SkipReport) -> RecordSet:
@@ -160,4 +160,4 @@ class RecordSet(Sequence):
             keep.append(self.keep[i] if self.keep is not None else i)
         if not keep:
             raise DataError(f"{', '.join(str(s.path) for s in self.sources)}: no usable records")
-        return RecordSet(self.sources, np.asarray(keep, dtype=np.int64))
+        return RecordSet(self.sources, np.asarray(keep, dtype=np.int64), self.on_error)
