@@ -8,7 +8,7 @@ validated and prepared when its sample is asked for, so a bad record is met (and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ def question_text(record: Record) -> str:
     return "\n".join(_text(m) for m in prompt_messages(record) if m["role"] != "assistant").strip()
 
 
-def training_texts(records) -> Any:
+def training_texts(records: Iterable[Record]) -> Iterator[str]:
     """Each record's question and answer text, streamed (what a scratch tokenizer learns from)."""
     for record in records:
         yield question_text(record)
