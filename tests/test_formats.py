@@ -313,6 +313,8 @@ def test_json_array_scanner_indexes_lines_and_bytes_across_chunks(tmp_path, monk
     assert all(text[int(index.lines[i]) - 1].strip() == "{" for i in range(30))
     (tmp_path / "e.json").write_text("[]")
     assert len(JsonArray(tmp_path / "e.json")) == 0
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + p.read_bytes())  # as some Windows tools save it
+    assert JsonArray(tmp_path / "bom.json").row(29) == rows[29]
 
 
 @pytest.mark.parametrize(

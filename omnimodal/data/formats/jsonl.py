@@ -45,7 +45,7 @@ class _Seeker:
 
 def _decode(data: bytes, where: str) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8-sig"))  # -sig: a BOM before the first row
     except UnicodeDecodeError as exc:
         raise DataError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -109,11 +109,15 @@ class JsonArray:
 
     def _scan(self):
         decoder = json.JSONDecoder()
-        utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        utf8 = codecs.getincrementaldecoder("utf-8")()
         buf, pos, eof = "", 0, False
         mark, mark_byte, mark_line = 0, 0, 1  # buf[mark] sits at byte mark_byte, line mark_line
 
         with self.path.open("rb") as f:
+            if f.read(3) == codecs.BOM_UTF8:
+                mark_byte = 3
+            else:
+                f.seek(0)
 
             def more() -> None:
                 nonlocal buf, eof
