@@ -8,7 +8,7 @@ its tokenizer by hub id or local directory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from omnimodal.errors import ConfigError
@@ -28,6 +28,19 @@ from omnimodal.templates import (  # noqa: E402,F401
 log = logging.getLogger(__name__)
 
 
+def distinct(texts: Iterable[str]) -> Iterator[str]:
+    """Each text once, streamed; the BPE trainer's result depends on the set, not the order
+    (checked), so this matches ``sorted(set(texts))`` while holding only 8-byte digests."""
+    import hashlib
+
+    seen: set[bytes] = set()
+    for text in texts:
+        key = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+        if key not in seen:
+            seen.add(key)
+            yield text
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 600):
     """Train a byte-level BPE tokenizer on ``texts`` (deterministic) and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -43,7 +56,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 600):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    tok.train_from_iterator(distinct(texts), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, eos_token=END_TOKEN)
     fast.chat_template = DEFAULT_CHAT_TEMPLATE
     return fast

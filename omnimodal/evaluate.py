@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,40 @@ def normalise(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
 
-def blind_baseline(records: list[Record]) -> dict[str, Any]:
-    """Most frequent training answer per question text, with a global fallback."""
-    per_question: dict[str, Counter] = defaultdict(Counter)
+def blind_baseline(records: Iterable[Record]) -> dict[str, Any]:
+    """Most frequent training answer per question text, with a global fallback.
+
+    One streaming pass; ties go to the answer seen first. A question seen with one answer so
+    far costs one packed int (count and answer id), so millions of distinct questions fit.
+    """
+    answer_ids: dict[str, int] = {}
+    single: dict[str, int] = {}  # question -> count << 32 | answer id (one distinct answer so far)
+    several: dict[str, Counter] = {}  # question -> Counter of answer ids
     overall: Counter = Counter()
     for r in records:
-        a = normalise(answer_text(r))
-        per_question[question_text(r)][a] += 1
+        a = answer_ids.setdefault(normalise(answer_text(r)), len(answer_ids))
+        q = question_text(r)
         overall[a] += 1
+        if q in several:
+            several[q][a] += 1
+            continue
+        packed = single.get(q)
+        if packed is None:
+            single[q] = 1 << 32 | a
+        elif packed & 0xFFFFFFFF == a:
+            single[q] = packed + (1 << 32)
+        else:
+            several[q] = Counter({packed & 0xFFFFFFFF: packed >> 32, a: 1})
+            del single[q]
+    answers = list(answer_ids)
+    del answer_ids
+
+    def best(q: str) -> str:
+        return answers[single[q] & 0xFFFFFFFF] if q in single else answers[several[q].most_common(1)[0][0]]
+
     return {
-        "answers": {q: c.most_common(1)[0][0] for q, c in sorted(per_question.items())},
-        "fallback": overall.most_common(1)[0][0] if overall else "",
+        "answers": {q: best(q) for q in sorted([*single, *several])},
+        "fallback": answers[overall.most_common(1)[0][0]] if overall else "",
     }
 
 

@@ -148,7 +148,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.dataset import training_texts
     from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError, EvaluationError
@@ -187,10 +187,11 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         modalities = build_modalities(cfg["modalities"])
         texts = None
         if cfg["decoder"].get("kind") == "scratch":
-            # The scratch tokenizer is trained on the training text (deterministic, so every rank agrees).
+            # The scratch tokenizer is trained on the training text (deterministic, so every rank
+            # agrees), streamed from the lazily read records (the data module reuses the index).
             part_types = {m.part_type: n for n, m in modalities.items()}
-            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport())
-            texts = [question_text(r) for r in records] + [answer_text(r) for r in records]
+            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport(), cfg["data"])
+            texts = training_texts(records)
         tokenizer = build_tokenizer(cfg["decoder"], texts)
 
         def build() -> OmniModel:

@@ -99,9 +99,23 @@ def test_sample_that_cannot_fit_is_an_error(tiny_model, vision_demo):
     ds = ConversationDataset([rec], model.tokenizer, model.modalities, model.placeholder_ids, max_length=10)
     with pytest.raises(SampleTooLongError, match="f.jsonl:3.*max_length=10"):
         ds[0]
+
+
+def test_skip_mode_replaces_a_bad_sample_when_loaded_and_says_why(tiny_model, vision_demo):
+    """on_error=skip: no pre-pass; the bad record is met when loaded, the next one stands in."""
+    model = tiny_model
+    img = str(vision_demo["train"].parent / "images/train/00000.png")
+    bad = Record([{"role": "user", "content": [{"type": "image", "path": img}]}, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}], "f.jsonl:3")
+    good = Record([{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": [{"type": "text", "text": "red"}]}], "f.jsonl:4")
+    ds = ConversationDataset([bad, good], model.tokenizer, model.modalities, model.placeholder_ids, max_length=10, on_error="skip")
+    s = ds[0]
+    assert s["source"] == "f.jsonl:4"
+    assert [src for src, _ in s["skipped"]] == ["f.jsonl:3"] and "SampleTooLongError" in s["skipped"][0][1]
+    assert ds[1]["skipped"] == []
     report = SkipReport()
-    ds.drop_bad(report)
-    assert len(ds) == 0 and report.total == 1
+    for source, reason in s["skipped"] + ds[0]["skipped"]:  # met again next epoch: counted once
+        report.add(source, reason)
+    assert report.total == 1 and "f.jsonl:3" in report.summary()
 
 
 def test_missing_and_corrupt_images_name_the_item(tiny_model, tmp_path):

@@ -256,6 +256,7 @@ def test_saved_model_and_export_keep_generation_config(tmp_path):
 
 def test_llava_export_keeps_the_eos_list(tmp_path):
     from omnimodal_vision.llava import to_llava
+
     from omnimodal.templates import chat_format
 
     from .test_llava import _model as llava_model

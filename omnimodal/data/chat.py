@@ -18,11 +18,12 @@ IGNORE_INDEX = -100
 
 
 def render_messages(messages: list[dict[str, Any]], placeholders: dict[str, str]) -> list[dict[str, str]]:
-    """Flatten content parts to strings: media parts become their placeholder, parts joined by newlines."""
+    """Flatten content parts to strings: media parts become their placeholder, parts joined by
+    newlines (or by the message's ``separator``: ``""`` keeps LLaVA's text verbatim)."""
     out = []
     for msg in messages:
         pieces = [p["text"] if p["type"] == "text" else placeholders[p["type"]] for p in msg["content"]]
-        out.append({"role": msg["role"], "content": "\n".join(pieces)})
+        out.append({"role": msg["role"], "content": msg.get("separator", "\n").join(pieces)})
     return out
 
 

@@ -1,24 +1,34 @@
-"""Dataset and collator: records -> (load, preprocess, tokenize) samples -> padded batches."""
+"""Dataset and collator: records -> (load, preprocess, tokenize) samples -> padded batches.
+
+Records may be a list or a lazy source (:mod:`omnimodal.data.formats`): each is read,
+validated and prepared when its sample is asked for, so a bad record is met (and, with
+``on_error='skip'``, skipped and reported) when it is first loaded, never in a pre-pass.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from omnimodal.data.chat import IGNORE_INDEX, EncodedText, encode
-from omnimodal.data.records import Record, SkipReport
+from omnimodal.data.records import Record, reason_key
 from omnimodal.errors import ConfigError, DataError, OmnimodalError, SampleTooLongError
 from omnimodal.modality import MediaItem, Modality
 
 log = logging.getLogger(__name__)
 
 
+def _text(message: dict[str, Any]) -> str:
+    return message.get("separator", "\n").join(p["text"] for p in message["content"] if p["type"] == "text")
+
+
 def answer_text(record: Record) -> str:
     """The text of the last assistant turn (the reference answer for evaluation)."""
     last = [m for m in record.messages if m["role"] == "assistant"][-1]
-    return "\n".join(p["text"] for p in last["content"] if p["type"] == "text")
+    return _text(last)
 
 
 def prompt_messages(record: Record) -> list[dict[str, Any]]:
@@ -28,8 +38,15 @@ def prompt_messages(record: Record) -> list[dict[str, Any]]:
 
 
 def question_text(record: Record) -> str:
-    """The text the user wrote in the prompt (media removed): the blind baseline's key."""
-    return "\n".join(p["text"] for m in prompt_messages(record) if m["role"] != "assistant" for p in m["content"] if p["type"] == "text")
+    """The text the user wrote in the prompt (media removed, trimmed): the blind baseline's key."""
+    return "\n".join(_text(m) for m in prompt_messages(record) if m["role"] != "assistant").strip()
+
+
+def training_texts(records: Iterable[Record]) -> Iterator[str]:
+    """Each record's question and answer text, streamed (what a scratch tokenizer learns from)."""
+    for record in records:
+        yield question_text(record)
+        yield answer_text(record)
 
 
 def _label_runs(labels: list[int]) -> list[tuple[int, int]]:
@@ -59,19 +76,26 @@ def truncation_events(full: EncodedText, cut: EncodedText) -> dict[str, int]:
 
 
 class ConversationDataset(torch.utils.data.Dataset):
-    """Turns records into samples; ``mode='train'`` gives labels, ``'generate'`` a prompt + answer."""
+    """Turns records into samples; ``mode='train'`` gives labels, ``'generate'`` a prompt + answer.
+
+    With ``on_error='skip'`` a record that fails (bad row, bad media, too long) is replaced by
+    the next good one, so batches keep their size, and the sample lists what it stood in for
+    under ``skipped`` (``[(source, reason)]``) for the main process to count.
+    """
 
     def __init__(
         self,
-        records: list[Record],
+        records: Sequence[Record],
         tokenizer,
         modalities: dict[str, Modality],
         placeholder_ids: dict[str, int],
         max_length: int | None = None,
         mode: str = "train",
+        on_error: str = "raise",
         on_truncate: str = "count",
     ):
         self.records = records
+        self.on_error = on_error
         self.tokenizer = tokenizer
         self.by_part_type = {m.part_type: m for m in modalities.values()}
         self.part_type_of = {m.name: m.part_type for m in modalities.values()}
@@ -96,7 +120,9 @@ class ConversationDataset(torch.utils.data.Dataset):
                 modality = self.by_part_type[part["type"]]
                 source = f"{record.source}: message {i} part {j} ({part['type']})"
                 try:
-                    raw = modality.item_from_part(part, record.base_dir)
+                    # Encoded file bytes from Arrow/Parquet rows go to `load` as they are (as an
+                    # API client's bytes do); a modality that cannot read bytes says so there.
+                    raw = part["bytes"] if "bytes" in part else modality.item_from_part(part, record.base_dir)
                     items.append(modality.prepare(raw, source))
                 except DataError as exc:
                     if source in str(exc):
@@ -104,7 +130,29 @@ class ConversationDataset(torch.utils.data.Dataset):
                     raise type(exc)(f"{source}: {exc}") from exc
         return items
 
+    def where(self, index: int) -> str:
+        """``file:line`` of record ``index`` (without parsing it when the source can say)."""
+        where = getattr(self.records, "where", None)
+        return where(index) if where is not None else self.records[index].source
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.on_error != "skip":
+            return self.sample(index)
+        skipped = []
+        for k in range(len(self)):
+            i = (index + k) % len(self)
+            try:
+                sample = self.sample(i)
+            except OmnimodalError as exc:
+                source = self.where(i)
+                skipped.append((source, reason_key(source, exc)))
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise DataError(f"every one of the {len(self)} records failed; first: {skipped[0][0]}: {skipped[0][1]}")
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Read, prepare and tokenize record ``index`` (errors name the record)."""
         record = self.records[index]
         generate = self.mode == "generate"
         messages = prompt_messages(record) if generate else record.messages
@@ -148,17 +196,6 @@ class ConversationDataset(torch.utils.data.Dataset):
             "events": events,
         }
 
-    def drop_bad(self, report: SkipReport) -> None:
-        """Try every sample once and drop those that fail (``data.on_error=skip``)."""
-        good = []
-        for i, record in enumerate(self.records):
-            try:
-                self[i]
-            except OmnimodalError as exc:
-                report.add(record.source, exc)
-                continue
-            good.append(record)
-        self.records = good
 
 
 class Collator:
@@ -201,6 +238,7 @@ class Collator:
             "kinds": [s["kind"] for s in samples],
             "answers": [s["answer"] for s in samples],
             "events": _sum_events(s.get("events") or {} for s in samples),
+            "skipped": [x for s in samples for x in s.get("skipped", ())],
         }
 
 

@@ -1,12 +1,13 @@
-"""Reading JSONL conversations: one record per line, validated with file:line errors.
+"""Records: one validated conversation each, whatever file format it came from.
 
 A record is ``{"messages": [{"role": ..., "content": [parts]}], "kind": optional}``. A part is
-``{"type": "text", "text": ...}`` or a modality's part type (``image``, ``audio``...).
+``{"type": "text", "text": ...}`` or a modality's part type (``image``, ``audio``...). The
+readers in :mod:`omnimodal.data.formats` turn each format's rows into these and call
+:func:`validate_messages`; this module holds validation and the skip report only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ ROLES = ("system", "user", "assistant")
 
 @dataclass
 class Record:
-    """One validated conversation; ``source`` is ``file:line`` for error messages."""
+    """One validated conversation; ``source`` is ``file:line`` (or ``file[index]``) for errors."""
 
     messages: list[dict[str, Any]]
     source: str
@@ -36,15 +37,23 @@ class Record:
 
 @dataclass
 class SkipReport:
-    """What ``on_error=skip`` skipped, and why."""
+    """What ``on_error=skip`` skipped, and why (each source counted once)."""
 
     reasons: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    sources: set[str] = field(default_factory=set)
 
-    def add(self, source: str, exc: Exception) -> None:
-        key = type(exc).__name__ + ": " + _reason(exc)
+    def add(self, source: str, exc: Exception | str) -> bool:
+        """Count ``source`` as skipped; False if it was already counted (seen again next epoch)."""
+        if source in self.sources:
+            return False
+        self.sources.add(source)
+        key = exc if isinstance(exc, str) else reason_key(source, exc)
         self.reasons[key] += 1
-        self.examples.setdefault(key, source)
+        if key not in self.examples:
+            self.examples[key] = source
+            log.warning("skipping %s: %s (data.on_error=skip)", source, key)
+        return True
 
     @property
     def total(self) -> int:
@@ -59,10 +68,13 @@ class SkipReport:
         return "\n".join(lines)
 
 
-def _reason(exc: Exception) -> str:
+def reason_key(source: str, exc: Exception) -> str:
+    """``ErrorType: reason`` with the leading source dropped, so identical reasons group together."""
     text = str(exc)
-    # Drop the leading "file:line:" so identical reasons group together.
-    return text.split(": ", 1)[1] if ": " in text and ".jsonl:" in text.split(": ", 1)[0] else text
+    if text.startswith(source + ": "):
+        text = text[len(source) + 2 :]
+        # Per-part prefixes ("message 0 part 1 (image): ") stay: they say where in the record.
+    return type(exc).__name__ + ": " + text
 
 
 def normalise_content(content: Any, where: str) -> list[dict[str, Any]]:
@@ -82,7 +94,11 @@ def normalise_content(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def validate_messages(raw: Any, where: str, part_types: dict[str, str], require_answer: bool = True) -> list[dict[str, Any]]:
-    """Check roles, content parts and part types; ``part_types`` maps part type -> modality."""
+    """Check roles, content parts and part types; ``part_types`` maps part type -> modality.
+
+    A message may carry ``separator``, the string its parts are joined with when rendered
+    (default a newline); formats whose text already holds the placeholders (LLaVA) use ``""``.
+    """
     if not isinstance(raw, list) or not raw:
         raise DataError(f"{where}: 'messages' must be a non-empty list")
     messages = []
@@ -105,51 +121,41 @@ def validate_messages(raw: Any, where: str, part_types: dict[str, str], require_
                 )
             if role == "assistant":
                 raise DataError(f"{where}: message {i}: media parts in assistant turns are not supported")
-        messages.append({"role": role, "content": parts})
+        out = {"role": role, "content": parts}
+        if "separator" in msg:
+            if not isinstance(msg["separator"], str):
+                raise DataError(f"{where}: message {i}: 'separator' must be a string")
+            out["separator"] = msg["separator"]
+        messages.append(out)
     if require_answer and not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: the conversation has no assistant turn, so nothing to learn from")
     return messages
 
 
+def check_kind(kind: Any, where: str) -> str | None:
+    """A record's optional ``kind`` (question kind for per-kind accuracy) must be a string."""
+    if kind is not None and not isinstance(kind, str):
+        raise DataError(f"{where}: 'kind' must be a string")
+    return kind
+
+
+# ---- kept for callers of the JSONL-only API (the readers live in data.formats) ----------
 def json_lines(path: Path):
     """Yield ``("file:line", text)`` for each non-blank line of a JSONL file."""
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{path}:{lineno}", line
+    from omnimodal.data.formats.jsonl import json_lines as _json_lines
+
+    return _json_lines(path)
 
 
 def parse_record_line(line: str, where: str) -> dict[str, Any]:
     """Parse one JSONL line into a record object with ``messages``; errors name ``where``."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict) or "messages" not in obj:
-        raise DataError(f"{where}: a record must be an object with 'messages'")
-    return obj
+    from omnimodal.data.formats.jsonl import parse_record_line as _parse
+
+    return _parse(line, where)
 
 
 def read_jsonl(path: str | Path, part_types: dict[str, str], on_error: str = "raise", report: SkipReport | None = None) -> list[Record]:
-    """Read and validate a JSONL file; ``on_error='skip'`` skips bad lines into ``report``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    if on_error not in ("raise", "skip"):
-        raise DataError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
-    records = []
-    for where, line in json_lines(path):
-        try:
-            obj = parse_record_line(line, where)
-            kind = obj.get("kind")
-            if kind is not None and not isinstance(kind, str):
-                raise DataError(f"{where}: 'kind' must be a string")
-            messages = validate_messages(obj["messages"], where, part_types)
-            records.append(Record(messages, where, path.parent, kind))
-        except DataError as exc:
-            if on_error == "raise" or report is None:
-                raise
-            report.add(where, exc)
-    if not records:
-        raise DataError(f"{path}: no usable records")
-    return records
+    """Read and validate a whole omnimodal JSONL file into a list (small files, tests, tools)."""
+    from omnimodal.data.formats.jsonl import read_jsonl as _read
+
+    return _read(path, part_types, on_error, report)

@@ -1,4 +1,6 @@
-"""LightningDataModule: JSONL files (or the demo data) -> datasets -> stateful loaders."""
+"""LightningDataModule: data files in any supported format (or the demo data) -> lazy
+datasets -> stateful loaders. Records are read when their sample is loaded; skipped ones
+travel back with the batch and are counted here, in the main process."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import lightning as L
 from torch.utils.data import DistributedSampler
 
 from omnimodal.data.dataset import Collator, ConversationDataset
-from omnimodal.data.records import Record, SkipReport, read_jsonl
-from omnimodal.errors import ConfigError
+from omnimodal.data.formats import ReadContext, RecordSet, open_split
+from omnimodal.data.records import SkipReport
+from omnimodal.errors import ConfigError, DataError
 from omnimodal.modality import Modality
 
 log = logging.getLogger(__name__)
@@ -26,12 +29,13 @@ def as_paths(value: Any) -> list[Path]:
     return [Path(v) for v in value]
 
 
-def read_split(paths: list[Path], part_types: dict[str, str], on_error: str, report: SkipReport) -> list[Record]:
-    """Read and concatenate the records of several JSONL files."""
-    records: list[Record] = []
-    for path in paths:
-        records.extend(read_jsonl(path, part_types, on_error, report))
-    return records
+def read_split(paths: list[Path], part_types: dict[str, str], on_error: str = "raise", report: SkipReport | None = None, data_cfg: dict[str, Any] | None = None) -> RecordSet:
+    """The records of several files, indexed and read lazily (``data.format`` and
+    ``data.image_folder`` from ``data_cfg``); bad records surface when read."""
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+    cfg = {**(data_cfg or {}), "on_error": on_error}
+    return open_split(paths, cfg, ReadContext.for_part_types(part_types, cfg.get("image_folder")))
 
 
 class _EpochPermutation:
@@ -96,33 +100,48 @@ class OmniDataModule(L.LightningDataModule):
         self.modalities = modalities
         self.placeholder_ids = placeholder_ids
         self.report = SkipReport()
-        self.records: dict[str, list[Record]] = {}
+        self.records: dict[str, RecordSet] = {}
         self.part_types = {m.part_type: name for name, m in modalities.items()}
+        self.on_error = self.cfg.get("on_error", "raise")
+        if self.on_error not in ("raise", "skip"):
+            raise DataError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
-    def load_records(self) -> dict[str, list[Record]]:
-        """Read every split once (validated; skips reported when ``on_error=skip``)."""
+    def load_records(self) -> dict[str, RecordSet]:
+        """Index every split once; records are read (and validated) lazily, when used.
+
+        Iterating a split streams it (skipping bad records under ``on_error=skip``). Under
+        ``on_error=skip`` the test split is a view without the records that fail to parse or
+        validate (one pass that keeps an index array; they are counted in the report), so
+        evaluation lines predictions up with records.
+        """
         if not self.records:
-            on_error = self.cfg.get("on_error", "raise")
+            placeholders = {m.part_type: m.placeholder for m in self.modalities.values()}
+            ctx = ReadContext.for_part_types(self.part_types, self.cfg.get("image_folder"), placeholders)
             for split, paths in self.files.items():
                 if paths:
-                    self.records[split] = read_split(paths, self.part_types, on_error, self.report)
+                    records = open_split(paths, {**self.cfg, "on_error": self.on_error}, ctx)
+                    if split == "test" and self.on_error == "skip":
+                        records = records.valid(self.report)
+                    self.records[split] = records
         return self.records
 
     def dataset(self, split: str, mode: str = "train") -> ConversationDataset:
         """A dataset over one split's records."""
         records = self.load_records().get(split, [])
-        ds = ConversationDataset(records, self.tokenizer, self.modalities, self.placeholder_ids, self.cfg.get("max_length"), mode,
-                                 on_truncate=self.cfg.get("on_truncate", "count"))
-        if self.cfg.get("on_error", "raise") == "skip":
-            ds.drop_bad(self.report)
-        return ds
+        return ConversationDataset(records, self.tokenizer, self.modalities, self.placeholder_ids, self.cfg.get("max_length"), mode, self.on_error,
+                                   on_truncate=self.cfg.get("on_truncate", "count"))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the records the data workers skipped (each once, with its reason)."""
+        if isinstance(batch, dict):
+            for source, reason in batch.pop("skipped", None) or ():
+                self.report.add(source, reason)
+        return batch
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and not hasattr(self, "train_set"):
             self.train_set = self.dataset("train")
             self.val_set = self.dataset("val") if self.files.get("val") else None
-            if self.report.total:
-                log.warning(self.report.summary())
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, padding_side: str = "right"):
         from torchdata.stateful_dataloader import StatefulDataLoader
