@@ -136,7 +136,7 @@ def test_token_count_follows_duration_and_budget_from_metadata_alone(clips, monk
     def no_pixels(*a, **k):
         raise AssertionError("plan() must not decode pixels")
 
-    monkeypatch.setattr(decode, "read_frames", no_pixels)
+    monkeypatch.setattr(decode.Clip, "read", no_pixels)
     per_frame = 4
     mod = video(num_frames=None, fps=2.0, max_frames=None)
     for seconds in (1, 2.5, 4):

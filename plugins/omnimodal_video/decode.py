@@ -91,10 +91,6 @@ def _rate(stream, source: str) -> float:
     return float(rate)
 
 
-def _count_packets(container, stream) -> int:
-    return sum(1 for p in container.demux(stream) if p.size and p.pts is not None)
-
-
 def _threads(stream) -> None:
     """Frame-threaded decoding for large frames only: for small ones the threads cost more than they save."""
     ctx = stream.codec_context
@@ -102,45 +98,70 @@ def _threads(stream) -> None:
         stream.thread_type = "AUTO"
 
 
-def probe(raw: Any, source: str = "video") -> VideoInfo:
-    """Frame count, rate and size of a clip (path or bytes), without decoding pixels."""
-    import av
+class Clip:
+    """An open video (path or bytes): :meth:`info` from its metadata, :meth:`read` for frames.
 
-    container = _open(raw, source)
-    try:
-        stream = container.streams.video[0]
-        fps = _rate(stream, source)
-        n, counted = int(stream.frames or 0), False
-        if n <= 0:  # WebM/MKV: no frame count in the header; count packets (no decoding)
-            try:
-                n, counted = _count_packets(container, stream), True
-            except av.error.FFmpegError as exc:
-                raise MediaError(f"{source}: cannot read the video's packets ({type(exc).__name__}: {exc})") from exc
-        width, height = stream.codec_context.width, stream.codec_context.height
-    finally:
-        container.close()
-    if n <= 0:
-        raise MediaError(f"{source}: the video has zero frames")
-    if not width or not height:
-        raise MediaError(f"{source}: the video stream has no frame size")
-    return VideoInfo(n, fps, int(width), int(height), counted)
-
-
-def read_frames(raw: Any, indices: list[int], source: str = "video") -> tuple[np.ndarray, int]:
-    """Decode the frames at ``indices`` (presentation order, 0-based) by seeking.
-
-    Returns ``(frames [len(indices), H, W, 3] uint8, decoded)`` where ``decoded`` counts the
-    distinct wanted frames that really decoded. Wanted frames past the end of what decodes
-    (metadata that overstates the count, a truncated file) repeat the last decoded frame;
-    the caller reports it. No decodable frame at all is an error naming ``source``.
+    One open serves both, so a data worker plans and decodes a clip with one container.
     """
-    import av
 
-    container = _open(raw, source)
-    try:
-        stream = container.streams.video[0]
+    def __init__(self, raw: Any, source: str = "video"):
+        self.source = source
+        self.container = _open(raw, source)
+        self.stream = self.container.streams.video[0]
+        self._packets: list[tuple[int, bool]] | None = None
+        self._info: VideoInfo | None = None
+
+    def __enter__(self) -> Clip:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the container."""
+        self.container.close()
+
+    def packets(self) -> list[tuple[int, bool]]:
+        """``(pts, is_keyframe)`` of every video packet, in file order: demuxed once, never decoded."""
+        import av
+
+        if self._packets is None:
+            try:
+                self._packets = [(p.pts, p.is_keyframe) for p in self.container.demux(self.stream) if p.size and p.pts is not None]
+            except av.error.FFmpegError as exc:
+                raise MediaError(f"{self.source}: cannot read the video's packets ({type(exc).__name__}: {exc})") from exc
+        return self._packets
+
+    def info(self) -> VideoInfo:
+        """Frame count, rate and size without decoding pixels: the header's frame count or, where
+        the header has none (WebM/MKV), the number of packets."""
+        if self._info is None:
+            stream = self.stream
+            fps = _rate(stream, self.source)
+            n, counted = int(stream.frames or 0), False
+            if n <= 0:
+                n, counted = len(self.packets()), True
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if n <= 0:
+                raise MediaError(f"{self.source}: the video has zero frames")
+            if not width or not height:
+                raise MediaError(f"{self.source}: the video stream has no frame size")
+            self._info = VideoInfo(n, fps, int(width), int(height), counted)
+        return self._info
+
+    def read(self, indices: list[int]) -> tuple[np.ndarray, int]:
+        """Decode the frames at ``indices`` (presentation order, 0-based) by seeking.
+
+        Returns ``(frames [len(indices), H, W, 3] uint8, decoded)`` where ``decoded`` counts the
+        distinct wanted frames that really decoded. Wanted frames past the end of what decodes
+        (metadata that overstates the count, a truncated file) repeat the last decoded frame;
+        the caller reports it. No decodable frame at all is an error naming the source.
+        """
+        import av
+
+        container, stream = self.container, self.stream
         _threads(stream)
-        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and p.pts is not None]
+        packets = self.packets()
         pts = sorted(p for p, _ in packets)
         keys = sorted(p for p, k in packets if k) or pts[:1]
         got: dict[int, np.ndarray] = {}
@@ -150,6 +171,7 @@ def read_frames(raw: Any, indices: list[int], source: str = "video") -> tuple[np
             for index in sorted(set(i for i in indices if 0 <= i < len(pts))):
                 target = pts[index]
                 key = keys[max(0, bisect.bisect_right(keys, target) - 1)]
+                # Seek only when decoding forward cannot reach the frame within its own GOP.
                 if frames is None or position is None or position >= target or position < key:
                     container.seek(key, stream=stream, backward=True)
                     frames = container.decode(stream)
@@ -162,13 +184,21 @@ def read_frames(raw: Any, indices: list[int], source: str = "video") -> tuple[np
                     break  # the stream ended early
         except av.error.FFmpegError:
             pass  # a damaged tail: keep what decoded, the rest repeats the last frame
-    except av.error.FFmpegError as exc:
-        raise MediaError(f"{source}: cannot read the video ({type(exc).__name__}: {exc})") from exc
-    finally:
-        container.close()
-    if not got:
-        raise MediaError(f"{source}: no frame of the video could be decoded (zero frames, or the data is corrupt or truncated)")
-    return _fill(indices, got), len(got)
+        if not got:
+            raise MediaError(f"{self.source}: no frame of the video could be decoded (zero frames, or the data is corrupt or truncated)")
+        return _fill(indices, got), len(got)
+
+
+def probe(raw: Any, source: str = "video") -> VideoInfo:
+    """Frame count, rate and size of a clip (path or bytes), without decoding pixels."""
+    with Clip(raw, source) as clip:
+        return clip.info()
+
+
+def read_frames(raw: Any, indices: list[int], source: str = "video") -> tuple[np.ndarray, int]:
+    """Decode the frames at ``indices`` of a clip (path or bytes) by seeking: see :meth:`Clip.read`."""
+    with Clip(raw, source) as clip:
+        return clip.read(indices)
 
 
 def _fill(indices: list[int], got: dict[int, np.ndarray]) -> np.ndarray:

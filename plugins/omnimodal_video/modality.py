@@ -125,17 +125,22 @@ class VideoModality(Modality):
 
     def load(self, raw: Any, source: str) -> dict[str, Any]:
         """Plan from metadata, then decode only the sampled frames: ``{"frames": [T, H, W, 3] uint8, "indices": [...]}``."""
-        plan = self.plan(raw, source)
-        indices = plan["indices"]
-        array, _ = _as_array(raw, source)
+        array, fps = _as_array(raw, source)
         if array is not None:
-            frames = array[indices]
+            indices = self.indices_for(array.shape[0], fps)
+            return {"frames": array[indices], "indices": indices}
+        if self.backend == "torchcodec":
+            plan = self.plan(raw, source)
+            info, indices = plan["info"], plan["indices"]
+            frames, decoded = decode.read_frames_torchcodec(raw, indices, source)
         else:
-            read = decode.read_frames_torchcodec if self.backend == "torchcodec" else decode.read_frames
-            frames, decoded = read(raw, indices, source)
-            wanted = len(set(indices))
-            if decoded < wanted:
-                self._report_repeat(source, wanted - decoded, wanted, plan["info"])
+            with decode.Clip(raw, source) as clip:  # one open: metadata, then the sampled frames
+                info = clip.info()
+                indices = self.indices_for(info.num_frames, info.fps)
+                frames, decoded = clip.read(indices)
+        wanted = len(set(indices))
+        if decoded < wanted:
+            self._report_repeat(source, wanted - decoded, wanted, info)
         return {"frames": frames, "indices": indices}
 
     def preprocess(self, loaded: dict[str, Any], source: str) -> dict[str, Any]:
