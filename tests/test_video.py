@@ -256,19 +256,25 @@ def test_video_url_parts(clips):
 def test_encoder_length_matches_the_encoder_and_chunking_changes_nothing(clips):
     torch.manual_seed(0)
     mod = video(num_frames=5, temporal_pool=2)
-    items = [mod.prepare(clips["mp4"], "a"), mod.prepare({"array": clips["frames"][:3], "fps": 3}, "b")]
+    three = video(num_frames=3, temporal_pool=2)
+    items = [mod.prepare(clips["mp4"], "a"), three.prepare({"array": clips["frames"][:3], "fps": 3}, "b")]
     assert items[0].length == 3 * 4  # 5 frames -> 3 temporal groups, 2x2 pooled patches each
+    assert items[1].length == 2 * 4  # 3 frames -> 2 groups
     encoder = mod.build_encoder().eval()
     batch = mod.collate([it.features for it in items])
     feats, mask = encoder(**batch)
     assert feats.shape[:2] == mask.shape == (2, 12)
     assert mask.sum(1).tolist() == [it.length for it in items]
-    encoder.max_frames_per_call = 1
-    feats_1, _ = encoder(**batch)
-    assert torch.allclose(feats, feats_1, atol=1e-5)
-    # a clip padded with extra (masked) frames in the batch encodes exactly as alone
-    alone, _ = encoder(**mod.collate([items[0].features]))
-    assert torch.allclose(alone[0], feats[0], atol=1e-5)
+    calls = []
+    tower_forward = encoder.tower.forward
+    encoder.tower.forward = lambda x: calls.append(x.shape[0]) or tower_forward(x)
+    encoder.max_frames_per_call = 3
+    feats_3, _ = encoder(**batch)
+    assert calls == [3, 3, 2]  # 5 + 3 real frames (the padded one never reaches the tower)
+    assert torch.allclose(feats, feats_3, atol=1e-5)
+    # a clip padded with masked frames in the batch encodes exactly as alone
+    alone, _ = encoder(**mod.collate([items[1].features]))
+    assert torch.allclose(alone[0], feats[1, : items[1].length], atol=1e-5)
 
 
 def test_hf_tower_from_local_dir(tmp_path, clips):
@@ -421,3 +427,24 @@ def test_demo_clips_are_deterministic_and_need_several_frames(tmp_path):
     # the default sampling (8 frames) takes one frame of every 2-frame block: every event is seen
     assert uniform_indices(demo.FRAMES, 8) == list(range(1, demo.FRAMES, demo.BLOCK))
     assert math.gcd(demo.FRAMES, 8) == 8
+
+
+def test_hydra_composes_video_beside_vision_with_sharing():
+    import subprocess
+
+    import yaml
+
+    from omnimodal.model import build_modalities
+
+    from .conftest import PYTHON, cli_env
+
+    out = subprocess.run(
+        [PYTHON, "-m", "omnimodal.train", "modalities=[vision,video]", "modalities.video.shared_with=vision", "modalities.video.fps=1", "modalities.video.num_frames=null", "--cfg", "job"],
+        capture_output=True, text=True, timeout=300, env=cli_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["modalities"]["video"]["encoder"]["kind"] == "vit" and cfg["modalities"]["video"]["max_frames"] == 32
+    mods = build_modalities(cfg["modalities"])
+    assert mods["video"].frames is mods["vision"] and mods["video"].sampling.fps == 1.0
+    assert mods["video"].cfg["projector"] == mods["vision"].cfg["projector"]
