@@ -409,6 +409,16 @@ def test_chat_with_a_video_part(mixed_records, tmp_path, clips, capsys):
     assert main(["chat", "--model", str(tmp_path / "m"), "--part", f"video={clips['mp4']}", "--max-new-tokens", "2", "What moves?"]) == 0
     assert capsys.readouterr().out.strip() != ""
 
+    import omnimodal
+    from omnimodal.inference import RemoteMediaError
+
+    pipe = omnimodal.load(tmp_path / "m")
+    url = "data:video/mp4;base64," + base64.b64encode(clips["mp4"].read_bytes()).decode()
+    prompt = pipe.prepare([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What moves?"}]}], api=True)
+    assert [it.modality for it in prompt.sample["items"]] == ["video"] and prompt.sample["items"][0].num_tokens == 16
+    with pytest.raises(RemoteMediaError, match="remote media URLs are refused"):
+        pipe.prepare([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}}]}], api=True)
+
 
 # ---- the demo ---------------------------------------------------------------------------------
 def test_demo_clips_are_deterministic_and_need_several_frames(tmp_path):
