@@ -9,7 +9,7 @@ flattened pseudo-token features with one classification head per question in pla
 language model. Prints test accuracy per question for 8 frames, the middle frame only, and the
 blind baseline (the most common training answer).
 
-    python benchmarks/video_demo_probe.py [--epochs 12] [--root /tmp/omnimodal-video-demo]
+    python benchmarks/video_demo_probe.py [--epochs 8] [--root /tmp/omnimodal-video-demo]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def run(num_frames: int, root: Path, epochs: int, seed: int = 0) -> dict[str, fl
     model = Probe(modality.build_encoder(), modality.encoder_length({"num_frames": num_frames}), classes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     n = x_train.shape[0]
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(n).split(32):
             out = model(x_train[idx])
@@ -77,17 +77,24 @@ def run(num_frames: int, root: Path, epochs: int, seed: int = 0) -> dict[str, fl
             opt.zero_grad()
             loss.backward()
             opt.step()
+        acc = evaluate(model, x_test, t_test)
+        print(f"  {num_frames} frame(s), epoch {epoch + 1}: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()), flush=True)
+    return acc
+
+
+def evaluate(model: Probe, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Test accuracy per question."""
     model.eval()
     with torch.no_grad():
-        out = model(x_test)
-    return {k: float((out[k].argmax(1) == t_test[k]).float().mean()) for k in out}
+        out = model(x)
+    return {k: float((out[k].argmax(1) == targets[k]).float().mean()) for k in out}
 
 
 def main() -> None:
     from omnimodal_video.demo import build
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--root", default="/tmp/omnimodal-video-demo")
     args = parser.parse_args()
     root = Path(args.root)

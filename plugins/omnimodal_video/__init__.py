@@ -36,4 +36,4 @@ def omnimodal_config_dirs():
 
 @hookimpl
 def omnimodal_demo_data():
-    return [DemoSpec("video", "omnimodal_video.demo:build", version="1", description="moving, colour-changing, flashing shapes QA")]
+    return [DemoSpec("video", "omnimodal_video.demo:build", version="2", description="moving, colour-changing, flashing shapes QA")]

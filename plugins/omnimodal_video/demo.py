@@ -47,9 +47,10 @@ def make_clip(rng: random.Random, direction: str, first: str, flashes: int) -> n
     lit = {BLOCK * b + k for b in flash_blocks(rng, flashes) for k in range(BLOCK)}
     background = np.array([rng.randint(0, 40) for _ in range(3)], np.uint8)
     half = rng.randint(3, 4)
-    start, end = 4 + half, SIZE - 5 - half
-    if direction in ("left", "up"):
-        start, end = end, start
+    # One pixel a frame, through a random point at the middle frame: where the square stands in
+    # the middle frame says nothing about the way it moves.
+    middle = SIZE // 2 + rng.randint(-2, 2)
+    sign = 1 if direction in ("right", "down") else -1
     across = rng.randint(10, SIZE - 11)
     clip = np.empty((FRAMES, SIZE, SIZE, 3), np.uint8)
     for t in range(FRAMES):
@@ -57,7 +58,7 @@ def make_clip(rng: random.Random, direction: str, first: str, flashes: int) -> n
         frame[:] = background
         if t in lit:
             frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = 255, 255, 255, 255
-        along = round(start + (end - start) * t / (FRAMES - 1))
+        along = middle + sign * (t - FRAMES // 2)
         x, y = (along, across) if direction in ("left", "right") else (across, along)
         frame[y - half : y + half, x - half : x + half] = COLOURS[first if t < change else second]
     return clip
