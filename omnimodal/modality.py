@@ -124,6 +124,17 @@ class Modality:
         the architecture only (used when a saved model's weights will be loaded on top)."""
         raise NotImplementedError
 
+    def share_from(self, owner: Modality) -> None:
+        """Called when this modality's config sets ``shared_with: <owner>``: adopt what must match
+        the owner's encoder (input size, normalisation...). The default refuses sharing."""
+        from omnimodal.errors import ConfigError
+
+        raise ConfigError(f"modality {self.name!r} cannot share another modality's encoder (shared_with={owner.name!r})")
+
+    def wrap_shared_encoder(self, encoder):
+        """This modality's encoder around the owner's encoder module (default: the owner's as is)."""
+        return encoder
+
     def save_assets(self, directory: Path) -> None:
         """Write files the modality needs to rebuild itself (e.g. an HF processor)."""
 

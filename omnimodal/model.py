@@ -54,7 +54,49 @@ def build_modalities(cfg: dict[str, dict[str, Any]]) -> dict[str, Modality]:
     for name, mcfg in cfg.items():
         spec = registry.modality(name)
         out[name] = import_object(spec.impl)(spec, dict(mcfg or {}))
+    link_shared(out)
     return out
+
+
+def link_shared(modalities: dict[str, Modality]) -> None:
+    """Resolve ``shared_with: <owner>`` in a modality's config: it will run the owner's encoder
+    and projector (one parameter set). The sharer takes the owner's projector config (so its
+    token counts match) and adopts the owner's input settings through ``share_from``."""
+    import copy
+    import logging
+
+    for name, modality in modalities.items():
+        owner = modality.cfg.get("shared_with")
+        if not owner:
+            continue
+        if owner == name or owner not in modalities:
+            active = ", ".join(n for n in modalities if n != name) or "none"
+            raise ConfigError(f"modalities.{name}.shared_with={owner!r}: it must name another active modality (active: {active})")
+        if modalities[owner].cfg.get("shared_with"):
+            raise ConfigError(f"modalities.{name}.shared_with={owner!r}: {owner!r} itself shares {modalities[owner].cfg['shared_with']!r}; share with the owner directly")
+        own, theirs = _plain(modality.cfg.get("projector")), _plain(modalities[owner].cfg.get("projector") or {"kind": "mlp"})
+        if own and own != theirs:
+            logging.getLogger(__name__).warning("modalities.%s.projector %s is not used: it shares %s's projector %s", name, own, owner, theirs)
+        modality.cfg["projector"] = copy.deepcopy(theirs)
+        modality.share_from(modalities[owner])
+
+
+def build_parts(modalities: dict[str, Modality], d_model: int, load_weights: bool = True) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Each modality's encoder and projector; a modality with ``shared_with`` gets its owner's
+    modules (the encoder wrapped by ``wrap_shared_encoder``). Owners come first in the dicts, so
+    ``named_parameters`` names shared parameters after the owner."""
+    encoders: dict[str, nn.Module] = {}
+    projectors: dict[str, nn.Module] = {}
+    for name in sorted(modalities, key=lambda n: bool(modalities[n].cfg.get("shared_with"))):
+        modality = modalities[name]
+        owner = modality.cfg.get("shared_with")
+        if owner:
+            encoders[name] = modality.wrap_shared_encoder(encoders[owner])
+            projectors[name] = projectors[owner]
+        else:
+            encoders[name] = build_encoder_checked(modality, load_weights=load_weights)
+            projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
+    return encoders, projectors
 
 
 def build_tokenizer(decoder_cfg: dict[str, Any], texts: list[str] | None = None):
@@ -113,11 +155,7 @@ class OmniModel(nn.Module):
             tokenizer = build_tokenizer(dcfg, texts)
         add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
         decoder = build_decoder(dcfg, tokenizer)
-        d_model = decoder.config.hidden_size
-        encoders, projectors = {}, {}
-        for name, modality in modalities.items():
-            encoders[name] = build_encoder_checked(modality, load_weights=True)
-            projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
+        encoders, projectors = build_parts(modalities, decoder.config.hidden_size, load_weights=True)
         return cls(decoder, tokenizer, modalities, encoders, projectors, dcfg)
 
     # ---- the splice ------------------------------------------------------------------
@@ -244,6 +282,11 @@ class OmniModel(nn.Module):
         clone = copy.deepcopy(self.decoder)
         return clone.merge_and_unload() if lora == "merge" else clone.unload()
 
+    @property
+    def shared(self) -> dict[str, str]:
+        """Modalities that run another's encoder and projector: ``{sharer: owner}``."""
+        return {n: m.cfg["shared_with"] for n, m in self.modalities.items() if m.cfg.get("shared_with")}
+
     # ---- freezing ----------------------------------------------------------------------
     def set_trainable(self, component: str, trainable: bool) -> None:
         """Freeze or unfreeze ``decoder``, ``encoders.<m>`` or ``projectors.<m>``."""
@@ -283,7 +326,7 @@ class OmniModel(nn.Module):
         """
         if lora not in ("merge", "separate"):
             raise ConfigError(f"lora must be 'merge' or 'separate', got {lora!r}")
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         from omnimodal.plugins import get_registry
 
@@ -307,6 +350,7 @@ class OmniModel(nn.Module):
             "modalities": mods,
             "decoder": {"config": _plain(self.decoder_cfg), "hf_config": self.decoder.config.to_dict()},
             "placeholders": {name: m.placeholder for name, m in self.modalities.items()},
+            "shared_with": self.shared,  # sharer -> owner: shared weights are stored under the owner's keys
             "extra": self.extra,
         }
         self.merge_new_tokens()
@@ -321,7 +365,8 @@ class OmniModel(nn.Module):
         live, self.decoder = self.decoder, plain
         rows = self._modules.pop("new_tokens", None)  # merged above; not part of the format
         try:
-            _atomic(directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp)))
+            state, metadata = _weights_to_save(self)
+            _atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata=metadata))
         finally:
             self.decoder = live
             self.new_tokens = rows
@@ -367,11 +412,7 @@ class OmniModel(nn.Module):
             from transformers import GenerationConfig
 
             decoder.generation_config = GenerationConfig.from_pretrained(directory)
-        d_model = decoder.config.hidden_size
-        encoders, projectors = {}, {}
-        for name, modality in modalities.items():
-            encoders[name] = build_encoder_checked(modality, load_weights=False)
-            projectors[name] = build_projector(_projector_cfg(modality), encoders[name].out_dim, d_model)
+        encoders, projectors = build_parts(modalities, decoder.config.hidden_size, load_weights=False)
         model = cls(decoder, tokenizer, modalities, encoders, projectors, config["decoder"]["config"])
         model.extra = config.get("extra", {})
         try:
@@ -428,6 +469,34 @@ def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _weights_to_save(model: OmniModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with every shared tensor once, and safetensors metadata naming the dropped keys.
+
+    safetensors keeps one name per shared tensor; this keeps the owner's (a key outside any
+    ``shared_with`` modality's ``encoders.<m>.`` / ``projectors.<m>.``), else the first in sort
+    order (as ``safetensors.torch.save_model`` does, e.g. for tied decoder embeddings).
+    """
+    sharer_prefixes = tuple(f"{part}.{name}." for name in model.shared for part in ("encoders", "projectors"))
+    state = model.state_dict()
+    groups: dict[tuple[str, int], list[str]] = {}
+    for key, tensor in state.items():
+        if tensor.numel():
+            groups.setdefault((str(tensor.device), tensor.untyped_storage().data_ptr()), []).append(key)
+    metadata = {"format": "pt"}
+    for keys in groups.values():
+        if len(keys) < 2:
+            continue
+        whole = [k for k in keys if state[k].data_ptr() == state[k].untyped_storage().data_ptr() and state[k].nbytes == state[k].untyped_storage().nbytes()]
+        if not whole:
+            raise ConfigError(f"cannot save weights: tensors {sorted(keys)} share storage and none covers all of it")
+        keep = min(whole, key=lambda k: (k.startswith(sharer_prefixes), k))
+        for key in keys:
+            if key != keep:
+                del state[key]
+                metadata[key] = keep
+    return {k: v.contiguous() for k, v in state.items()}, metadata
 
 
 def _projector_cfg(modality: Modality) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def apply_stage(model: OmniModel, stage: dict[str, Any], modality_cfgs: dict[str
                 p.requires_grad_(True)
     model.train_new_tokens(not train_decoder and bool(stage.get("train_new_tokens", True)))
     for name in model.modalities:
+        if (modality_cfgs.get(name) or {}).get("shared_with") or model.modalities[name].cfg.get("shared_with"):
+            continue  # it runs its owner's encoder and projector: their settings apply
         own = bool((modality_cfgs.get(name) or {}).get("train_encoder", True))
         model.set_trainable(f"encoders.{name}", bool(stage.get("train_encoders", True)) and own)
         model.set_trainable(f"projectors.{name}", bool(stage.get("train_projectors", True)))
