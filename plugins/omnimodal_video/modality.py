@@ -184,6 +184,25 @@ class VideoModality(Modality):
         if not self.cfg.get("shared_with"):
             self.frames.load_assets(directory)
 
+    # ---- contract examples (omnimodal.testing) ----------------------------------------
+    def example_items(self, rng, n: int) -> list[Any]:
+        """Clips from 1 to 40 frames at several sizes and frame rates (arrays with their fps)."""
+        gen = np.random.default_rng(rng.randrange(2**32))
+        items: list[Any] = []
+        for i in range(n):
+            frames = [1, 3, 8, 20, 40][i % 5] if i < 5 else rng.randint(1, 40)
+            h, w = rng.choice([(16, 16), (24, 32), (32, 48)])
+            clip = gen.integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+            items.append({"array": clip, "fps": rng.choice([4.0, 8.0, 30.0])})
+        return items
+
+    def bad_items(self) -> list[tuple[Any, str]]:
+        return [
+            (b"\x00\x01 this is not a video", "not a readable video"),
+            ({"array": np.zeros((0, 16, 16, 3), np.uint8), "fps": 8.0}, "zero frames"),
+            ({"array": np.zeros((4, 16, 16, 3), np.uint8), "fps": 0}, "fps"),
+        ]
+
     def _report_repeat(self, source: str, missing: int, wanted: int, info) -> None:
         self.count("frames_repeated", missing)
         self._warnings += 1
