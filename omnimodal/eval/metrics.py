@@ -28,7 +28,7 @@ NUMBER_WORDS = {
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
 }
 ARTICLES = {"a", "an", "the"}
-_PUNCT = re.compile(r"[^\w\s]")
+_PUNCT = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]")  # a decimal point stays
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
 
 
@@ -39,8 +39,7 @@ def normalise_answer(text: str) -> str:
     """
     text = text.strip().lower()
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-    text = re.sub(r"(?<=\d)\.(?=\d)", "\0", text)  # protect decimal points from the punctuation pass
-    text = _PUNCT.sub(" ", text).replace("\0", ".")
+    text = _PUNCT.sub(" ", text)
     words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in ARTICLES]
     return " ".join(words)
 
