@@ -193,14 +193,14 @@ def test_cli_eval_two_runs_side_by_side(vision_demo, tasks, tmp_path):
         model.save_pretrained(tmp_path / name / "model")
     out = tmp_path / "cmp"
     cmd = [PYTHON, "-m", "omnimodal.cli", "eval", str(tmp_path / "a"), str(tmp_path / "b"), "--task", str(tasks["open"]),
-           "--task", str(tasks["mc_generate"]), "--device", "cpu", "--output", str(out), "--quiet"]
+           "--task", str(tasks["mc_logprobs"]), "--device", "cpu", "--output", str(out), "--quiet"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_env())
     assert r.returncode == 0, r.stderr[-3000:]
     assert "blind_model" in r.stdout and "circular_accuracy" in r.stdout and "item(s) differ" in r.stdout
     comparison = json.loads((out / "comparison.json").read_text())
-    assert set(comparison) == {"open", "mc_generate"}
-    a = json.loads((out / "A" / "mc_generate.json").read_text())
-    b = json.loads((out / "B" / "mc_generate.json").read_text())
+    assert set(comparison) == {"open", "mc_logprobs"}
+    a = json.loads((out / "A" / "mc_logprobs.json").read_text())
+    b = json.loads((out / "B" / "mc_logprobs.json").read_text())
     differ = [(x["id"], x["rotation"]) for x, y in zip(a["items"], b["items"]) if x["score"] != y["score"]]
-    assert [(d["id"], d["rotation"]) for d in comparison["mc_generate"]["disagreements"]] == differ
+    assert [(d["id"], d["rotation"]) for d in comparison["mc_logprobs"]["disagreements"]] == differ
     assert (out / "results.png").stat().st_size > 1000

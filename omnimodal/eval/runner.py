@@ -295,6 +295,7 @@ def score_answer(task: Task, item: Item, answer: Answer) -> dict[str, Any]:
     if task.metric == "multiple_choice":
         if answer.first_top is not None:
             choice = _choose_letter(answer.first_top, len(item.options))
+            row.update(prediction=metrics.LETTERS[choice] if choice is not None else "", generated=answer.text)
             if choice is None:
                 row["note"] = "no option letter among the first token's top_logprobs"
         else:
