@@ -338,7 +338,7 @@ class Pipeline:
         for t in range(min(n, len(logits))):
             logp = torch.log_softmax(logits[t][row].float(), dim=-1)
             token_id = int(ids[t])
-            top = torch.topk(logp, k) if k else None
+            top = torch.topk(logp, min(k, logp.shape[-1])) if k else None
             item = entry(token_id, float(logp[token_id]))
             item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(top.values, top.indices)] if top is not None else []
             content.append(item)

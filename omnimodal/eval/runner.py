@@ -420,5 +420,15 @@ def run_task(task: Task, backend, options: RunOptions | None = None) -> dict[str
         "settings": {"max_tokens": task.max_tokens, "temperature": 0.0, "few_shot": len(shots), "tolerance": task.tolerance,
                      **({"multiple_choice": {"method": mc.method, "circular": mc.circular, "length_normalisation": mc.length_normalisation,
                                              "score_end_of_turn": mc.score_end_of_turn}} if task.metric == "multiple_choice" else {})},
-        "scores": summarise(task, items, rows), "baselines": baselines, "items": per_item,
+        "scores": summarise(task, items, rows), "by_kind": by_kind(task, items, rows), "baselines": baselines, "items": per_item,
     }
+
+
+def by_kind(task: Task, items: list[Item], rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The model's numbers per item ``kind`` (empty when the data has no kinds)."""
+    kinds = sorted({it.kind for it in items if it.kind})
+    out = {}
+    for kind in kinds:
+        picked = [(it, r) for it, r in zip(items, rows) if it.kind == kind]
+        out[kind] = {**summarise(task, [it for it, _ in picked], [r for _, r in picked]), "n": len({it.id for it, _ in picked})}
+    return out
