@@ -179,11 +179,8 @@ def _eval_tasks(args: argparse.Namespace) -> int:
     names = list(runs)
     if args.output:
         out = Path(args.output)
-    elif len(args.runs) == 1:
-        from omnimodal.inference import resolve_model_dir
-
-        model_dir = resolve_model_dir(args.runs[0])
-        out = (model_dir.parent if model_dir != Path(args.runs[0]) else model_dir) / "eval"
+    elif len(args.runs) == 1 and (Path(args.runs[0]) / "model").is_dir():
+        out = Path(args.runs[0]) / "eval"  # a run dir; a bare model dir is left as saved
     else:
         out = Path("eval-results")
     for k, name in enumerate(names):

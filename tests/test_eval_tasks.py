@@ -73,7 +73,7 @@ def test_normalise_answer(text, expected):
 
 @pytest.mark.parametrize("text, index", [
     ("B", 1), ("(B)", 1), ("B. cat", 1), ("The answer is B", 1), ("answer: (c)", 2), ("b", 1), ("C) fish", 2),
-    ("dog", 1), ("I think (A) is right", 0), ("E", None), ("a cat", 0), ("nothing", None),
+    ("dog", 1), ("I think (A) is right", 0), ("E", None), ("a cat", 0), ("nothing", None), ("A dog", 1),
 ])
 def test_letter_extraction_is_lenient_but_stays_within_the_options(text, index):
     assert metrics.extract_letter(text, ["cat", "dog", "fish", "bird"]) == index
@@ -187,6 +187,22 @@ def test_blind_frequent_from_the_tasks_training_file(tmp_path):
     assert [i["blind_frequent"]["prediction"] for i in result["items"]] == ["red", "red", "circle", "red"]
     assert result["baselines"]["blind_frequent"]["score"] == 0.75
     assert result["scores"]["score"] == 0.0
+
+
+def test_multiple_choice_blind_frequent_from_plain_training_records(tmp_path):
+    train = [line("Which animal?", "dog"), line("Which animal?", "dog"), line("Which animal?", "cat"), line("Which colour?", "red")]
+    path = write_task(tmp_path, "mcfreq", MC_ROWS, train=train, metric="multiple_choice", prompt="{question}\n{options}",
+                      multiple_choice={"circular": True})
+    result = run(path, Scripted(lambda c: "A"))
+    # "dog" is right in all 4 rotations of the animal question; "red" in none of the colour one's
+    assert result["baselines"]["blind_frequent"]["accuracy"] == pytest.approx(4 / 8)
+    assert result["baselines"]["blind_frequent"]["circular_accuracy"] == pytest.approx(1 / 2)
+
+
+def test_item_ids_must_be_unique(tmp_path):
+    path = write_task(tmp_path, "dup", [line("a?", "x", id="q1"), line("b?", "y", id="q1")], metric="exact_match")
+    with pytest.raises(DataError, match=r"dup.jsonl:2: id 'q1' is used twice \(first at .*dup.jsonl:1\)"):
+        run(path, Scripted(lambda c: "x"))
 
 
 def test_blind_model_removes_the_media_and_asks_text_items_once(tmp_path):

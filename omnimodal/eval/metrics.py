@@ -106,20 +106,23 @@ _LETTER_PATTERNS = (
 def extract_letter(text: str, options: Sequence[str]) -> int | None:
     """The chosen option's index from a free-text answer, or None.
 
-    Accepts ``"B"``, ``"(B)"``, ``"B. cat"``, ``"The answer is B"``, ``"answer: (b)"``, and an
-    answer that is exactly one option's text (normalised). Letters past the options are refused.
+    An answer that is exactly one option's text (normalised) picks that option; otherwise
+    ``"B"``, ``"(B)"``, ``"B. cat"``, ``"The answer is B"``, ``"answer: (b)"`` are read as letters.
+    Letters past the options are refused.
     """
     n = len(options)
     stripped = text.strip()
+    norm = normalise_answer(stripped)
+    hits = [k for k, option in enumerate(options) if norm and normalise_answer(option) == norm]
+    if len(hits) == 1:  # "A dog" is the option "a dog", not the letter A
+        return hits[0]
     for i, pattern in enumerate(_LETTER_PATTERNS):
         flags = re.IGNORECASE if i == 1 else 0
         for match in re.finditer(pattern, stripped if i else stripped.upper() if len(stripped) <= 3 else stripped, flags):
             index = LETTERS.find(match.group(1).upper())
             if 0 <= index < n:
                 return index
-    norm = normalise_answer(stripped)
-    hits = [k for k, option in enumerate(options) if norm and normalise_answer(option) == norm]
-    return hits[0] if len(hits) == 1 else None
+    return None
 
 
 def multiple_choice_match(choice: int | None, gold: int) -> float:

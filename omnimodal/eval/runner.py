@@ -341,9 +341,16 @@ def chance(task: Task, items: list[Item]) -> dict[str, float]:
         return {"score": plain}
     if task.metric == "yes_no":
         return {"score": 0.5, "accuracy": 0.5}
-    vocabulary = sorted({metrics.normalise_answer(it.references[0]) for it in items})
-    expected = sum(sum(metrics.score_text(task.metric, v, it.references, task.tolerance) for v in vocabulary) / len(vocabulary) for it in items)
-    return {"score": expected / len(items)}
+    vocabulary = {metrics.normalise_answer(it.references[0]) for it in items}
+    total = 0.0
+    for it in items:
+        if task.metric in ("exact_match", "vqa_accuracy"):  # closed form: only the guesses among the references score
+            counts = Counter(metrics.normalise_answer(r) for r in it.references)
+            hits = [min(c / 3.0, 1.0) if task.metric == "vqa_accuracy" else 1.0 for r, c in counts.items() if r in vocabulary]
+            total += sum(hits) / len(vocabulary)
+        else:
+            total += sum(metrics.score_text(task.metric, v, it.references, task.tolerance) for v in vocabulary) / len(vocabulary)
+    return {"score": total / len(items)}
 
 
 def frequent_answers(task: Task, part_types: dict[str, str]) -> tuple[dict[str, str], str] | None:
@@ -353,7 +360,7 @@ def frequent_answers(task: Task, part_types: dict[str, str]) -> tuple[dict[str, 
     per_question: dict[str, Counter] = defaultdict(Counter)
     overall: Counter = Counter()
     for f in task.train:
-        for it in read_items(f, part_types, task.metric):
+        for it in read_items(f, part_types, task.metric, options_required=False):
             a = it.references[0]
             per_question[it.question][a] += 1
             overall[a] += 1
@@ -377,6 +384,11 @@ def run_task(task: Task, backend, options: RunOptions | None = None) -> dict[str
     items = [it for f in task.data for it in read_items(f, backend.part_types, task.metric)]
     if task.limit is not None:
         items = items[: int(task.limit)]
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.id in seen:
+            raise DataError(f"{it.source}: id {it.id!r} is used twice (first at {seen[it.id]}); ids name items in results and comparisons")
+        seen[it.id] = it.source
     items = expand(items, task)
     shots = shot_items(task, backend.part_types)
     with_media = [k for k, it in enumerate(items) if it.has_media]

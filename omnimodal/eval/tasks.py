@@ -173,8 +173,11 @@ def _gold_index(obj: dict[str, Any], options: list[str], references: list[str], 
     raise DataError(f"{where}: 'answer' {answer!r} is neither a letter, an index nor the text of one of the {len(options)} options")
 
 
-def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int | None = None) -> list[Item]:
+def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int | None = None, options_required: bool = True) -> list[Item]:
     """Read a task's JSONL data file into items (errors name ``file:line``).
+
+    ``options_required=False`` (training files for blind_frequent) lets a multiple-choice
+    task's lines without ``options`` through, with their reference answer text.
 
     This is where a format reader plugs in: today the JSONL reader of ``omnimodal.data.records``
     (the same validation as training); a ``data/formats`` reader yielding records with their
@@ -200,7 +203,7 @@ def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int |
         if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
             raise DataError(f"{where}: 'answers' must be a list of strings")
         options, gold = obj.get("options"), None
-        if metric == "multiple_choice":
+        if metric == "multiple_choice" and (options_required or options is not None):
             if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
                 raise DataError(f"{where}: a multiple-choice item needs 'options', a list of at least 2 strings")
             if len(options) > len(LETTERS):
