@@ -131,6 +131,27 @@ def test_in_process_and_served_evaluation_give_the_same_numbers(pipe, tasks, ser
 
 
 @pytest.mark.slow
+def test_cli_eval_against_an_endpoint(pipe, tasks, served, tmp_path):
+    from omnimodal.plugins import get_registry
+
+    # The autouse fixture reset the plugin registry; the in-thread server's request threads would
+    # all build it at once (get_registry is not thread-safe on first use; `omnimodal serve` builds
+    # it before serving).
+    get_registry()
+    cmd = [PYTHON, "-m", "omnimodal.cli", "eval", "--endpoint", served, "--model", "tiny", "--task", str(tasks["mc_logprobs"]),
+           "--output", str(tmp_path), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mc_logprobs" in r.stdout and "circular_accuracy" in r.stdout
+    got = json.loads((tmp_path / "mc_logprobs.json").read_text())
+    want = evaluate(tasks["mc_logprobs"], InProcess(pipe))
+    assert got["scores"] == want["scores"] and got["model"] == f"tiny @ {served}"
+    assert [i["choice"] for i in got["items"]] == [i["choice"] for i in want["items"]]
+    r = subprocess.run([*cmd[:6], "--task", str(tasks["mc_logprobs"])], capture_output=True, text=True, timeout=120, cwd=ROOT, env=cli_env())
+    assert r.returncode == 2 and "--endpoint needs --model NAME" in r.stderr
+
+
+@pytest.mark.slow
 def test_server_returns_openai_logprobs_and_refuses_unsupported_fields(served):
     import httpx
 
