@@ -136,7 +136,8 @@ def _eval_heldout(args: argparse.Namespace) -> int:
         baseline = model.extra.get("blind_baseline")
         if baseline is None:
             raise ConfigError(f"{model_dir}: no stored blind baseline; give --train train.jsonl")
-    table = evaluate(model, records, baseline, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out_path=args.output)
+    table = evaluate(model, records, baseline, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out_path=args.output,
+                     blind_model=not args.no_blind_model)
     print(format_table(table))
     if args.output:
         print(f"wrote {args.output}")
