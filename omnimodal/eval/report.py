@@ -21,15 +21,15 @@ def _score(result: dict[str, Any], baseline: str | None = None, key: str = "scor
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """Task, metric, n, score and each baseline; extra numbers (circular, P/R/F1) on their own rows."""
-    head = f"{'task':<22} {'metric':<16} {'n':>5} {'score':>8} {'chance':>8} {'blind_freq':>10} {'blind_model':>11}"
+    head = f"{'task':<26} {'metric':<16} {'n':>5} {'score':>8} {'chance':>8} {'blind_freq':>10} {'blind_model':>11}"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['task'][:22]:<22} {r['metric']:<16} {r['n']:>5} {_cell(_score(r)):>8} " + " ".join(
+        lines.append(f"{r['task'][:26]:<26} {r['metric']:<16} {r['n']:>5} {_cell(_score(r)):>8} " + " ".join(
             f"{_cell(_score(r, b)):>{w}}" for b, w in zip(BASELINES, (8, 10, 11))))
         for key in r["scores"]:
             if key == "score":
                 continue
-            lines.append(f"{'  ' + key:<22} {'':<16} {'':>5} {_cell(_score(r, None, key)):>8} " + " ".join(
+            lines.append(f"{'  ' + key:<26} {'':<16} {'':>5} {_cell(_score(r, None, key)):>8} " + " ".join(
                 f"{_cell(_score(r, b, key)):>{w}}" for b, w in zip(BASELINES, (8, 10, 11))))
     return "\n".join(lines)
 
