@@ -135,6 +135,19 @@ def test_yes_no_precision_recall_f1(tmp_path):
     assert scores["yes_ratio"] == pytest.approx(3 / 5)
 
 
+def test_answer_regex_extracts_the_answer_and_a_miss_scores_as_no_answer(tmp_path):
+    rows = [line("a?", "red"), line("b?", "blue"), line("c?", "green")]
+    replies = {"a?": "Let me see... ANSWER: Red", "b?": "blue, I think", "c?": "ANSWER: blue"}
+    path = write_task(tmp_path, "rx", rows, metric="exact_match", answer_regex=r"ANSWER:\s*(\w+)")
+    result = run(path, Scripted(lambda c: replies[last_text(c)]))
+    assert [i["extracted"] for i in result["items"]] == ["Red", None, "blue"]
+    assert [i["score"] for i in result["items"]] == [1.0, 0.0, 0.0] and result["items"][1]["note"] == "answer_regex did not match"
+    bad = tmp_path / "badrx.yaml"
+    bad.write_text("data: rx.jsonl\nmetric: exact_match\nanswer_regex: '(unclosed'\n")
+    with pytest.raises(ConfigError, match="badrx.yaml: answer_regex .* is not a valid regular expression"):
+        load_task(bad)
+
+
 # ---- multiple choice and CircularEval ----------------------------------------------------------------
 MC_ROWS = [
     line("Which animal?", options=["cat", "dog", "fish", "bird"], answer="B"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import re
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -270,7 +271,7 @@ def predict(task: Task, items: list[Item], backend, shots: list[Item], blind: bo
             for it, conv in zip(group, convs):
                 scored = backend.loglikelihoods(conv, it.options, mc.score_end_of_turn, it.source)
                 values = [_normalised(s, n, len(o), mc.length_normalisation) for (s, n), o in zip(scored, it.options)]
-                choice = max(range(len(values)), key=values.__getitem__)
+                choice = max(range(len(values)), key=values.__getitem__)  # ties: the first option
                 out.append({"prediction": it.options[choice], "choice": choice, "option_scores": values, "score": metrics.multiple_choice_match(choice, it.gold)})
         else:
             first = task.metric == "multiple_choice" and mc.method == "logprobs"
@@ -289,9 +290,25 @@ def _normalised(total: float, tokens: int, chars: int, how: str) -> float:
     return total
 
 
-def score_answer(task: Task, item: Item, answer: Answer) -> dict[str, Any]:
+def extract(task: Task, text: str) -> str | None:
+    """The answer inside a generated text by the task's ``answer_regex`` (None: no match)."""
+    if task.answer_regex is None:
+        return text
+    match = re.search(task.answer_regex, text, re.DOTALL)
+    if match is None:
+        return None
+    return match.group(1) if match.groups() and match.group(1) is not None else match.group(0)
+
+
+def score_answer(task: Task, item: Item, answer: Answer, apply_regex: bool = True) -> dict[str, Any]:
     """Extract and score one generated answer."""
     row: dict[str, Any] = {"prediction": answer.text}
+    if apply_regex and task.answer_regex is not None and answer.first_top is None:
+        found = extract(task, answer.text)
+        row["extracted"] = found
+        if found is None:
+            row["note"] = "answer_regex did not match"
+        answer = Answer(found or "", answer.first_top)
     if task.metric == "multiple_choice":
         if answer.first_top is not None:
             choice = _choose_letter(answer.first_top, len(item.options))
@@ -304,13 +321,13 @@ def score_answer(task: Task, item: Item, answer: Answer) -> dict[str, Any]:
     else:
         row["score"] = metrics.score_text(task.metric, answer.text, item.references, task.tolerance)
         if task.metric == "yes_no":
-            row["extracted"] = metrics.extract_yes_no(answer.text)
+            row["yes_no"] = metrics.extract_yes_no(answer.text)
     return row
 
 
 def score_text_prediction(task: Task, item: Item, text: str) -> dict[str, Any]:
     """Score a text prediction (a baseline's) exactly as a generated answer is scored."""
-    return score_answer(task, item, Answer(text))
+    return score_answer(task, item, Answer(text), apply_regex=False)
 
 
 # ---- aggregation and baselines ----------------------------------------------------------------
@@ -325,7 +342,7 @@ def summarise(task: Task, items: list[Item], rows: list[dict[str, Any]]) -> dict
         circular = sum(all(s == 1.0 for s in v) for v in by_item.values()) / (len(by_item) or 1)
         return {"score": circular, "accuracy": mean, "circular_accuracy": circular}
     if task.metric == "yes_no":
-        summary = metrics.yes_no_summary([metrics.extract_yes_no(r["prediction"]) for r in rows], [metrics.extract_yes_no(it.references[0]) for it in items])
+        summary = metrics.yes_no_summary([r.get("yes_no") for r in rows], [metrics.extract_yes_no(it.references[0]) for it in items])
         return {"score": summary["accuracy"], **summary}
     return {"score": mean}
 

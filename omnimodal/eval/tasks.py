@@ -7,6 +7,8 @@ format: jsonl                    # the only reader today (see `read_items`)
 train: train.jsonl               # optional: gives the blind_frequent baseline
 metric: multiple_choice          # exact_match | vqa_accuracy | multiple_choice | numeric | yes_no
 prompt: "{question}\n{options}\nAnswer with the option's letter."
+answer_regex: null               # optional: the answer is this regex's first group (or match)
+                                 # in the generated text; no match scores as no answer
 max_tokens: 8
 tolerance: 0.05                  # numeric only
 limit: null                      # evaluate the first N items only
@@ -40,7 +42,7 @@ from omnimodal.eval.metrics import LETTERS, METRICS
 
 MC_METHODS = ("generate", "loglikelihood", "logprobs")
 NORMALISATIONS = ("mean", "sum", "chars")
-_TASK_KEYS = {"name", "data", "format", "train", "metric", "prompt", "max_tokens", "tolerance", "limit", "few_shot", "multiple_choice", "system"}
+_TASK_KEYS = {"name", "data", "format", "train", "metric", "prompt", "answer_regex", "max_tokens", "tolerance", "limit", "few_shot", "multiple_choice", "system"}
 _MC_KEYS = {"method", "circular", "length_normalisation", "score_end_of_turn"}
 
 
@@ -65,6 +67,7 @@ class Task:
     format: str = "jsonl"
     train: list[Path] = field(default_factory=list)
     prompt: str = "{question}"
+    answer_regex: str | None = None
     system: str | None = None
     max_tokens: int = 16
     tolerance: float = 0.05
@@ -140,6 +143,7 @@ def load_task(path: str | Path, overrides: dict[str, Any] | None = None) -> Task
     task = Task(
         name=str(raw.get("name") or path.stem), path=path, data=files(raw["data"], "data"), metric=raw["metric"], format=fmt,
         train=files(raw["train"], "train") if raw.get("train") else [], prompt=str(raw.get("prompt", "{question}")),
+        answer_regex=raw.get("answer_regex"),
         system=raw.get("system"), max_tokens=int(raw.get("max_tokens", 16)), tolerance=float(raw.get("tolerance", 0.05)),
         limit=raw.get("limit"), multiple_choice=mc,
     )
@@ -155,6 +159,13 @@ def load_task(path: str | Path, overrides: dict[str, Any] | None = None) -> Task
         task.few_shot = shots
     else:
         raise ConfigError(f"{path}: few_shot is a list of {{question, answer}} or {{file, n}}")
+    if task.answer_regex is not None:
+        import re
+
+        try:
+            re.compile(task.answer_regex)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"{path}: answer_regex {task.answer_regex!r} is not a valid regular expression ({exc})") from None
     if task.max_tokens < 1:
         raise ConfigError(f"{path}: max_tokens must be at least 1")
     return task
