@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 hookimpl_marker = hookimpl
 
 __all__ = [
-    "API_VERSION", "DemoSpec", "ExportSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "Run", "compose", "fit",
+    "API_VERSION", "DemoSpec", "ExportSpec", "GenerationOptions", "ModalitySpec", "Pipeline", "ProjectorSpec", "Run", "compose", "evaluate", "fit",
     "hookimpl", "load", "__version__",
 ]
 
@@ -26,6 +26,7 @@ _LAZY = {
     "GenerationOptions": "omnimodal.inference",
     "compose": "omnimodal.api",
     "fit": "omnimodal.api",
+    "evaluate": "omnimodal.api",
     "Run": "omnimodal.api",
 }
 

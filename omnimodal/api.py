@@ -228,4 +228,4 @@ def evaluate(
 
 
 # Where exact-match evaluation lives (the module moves into omnimodal/eval/ with task files).
-_EXACT_MODULE = "omnimodal.evaluate"
+_EXACT_MODULE = "omnimodal.eval.heldout"

@@ -12,7 +12,9 @@ USAGE = """omnimodal <command> [...]
 
 commands:
   train [overrides]   train with Hydra overrides (no overrides: the offline demo)
-  eval RUN|MODEL      evaluate a saved run or model dir on a test file
+  eval RUN|MODEL      evaluate a saved run or model dir on its test file
+  eval [RUN [RUN_B]] --task TASK.yaml [--endpoint URL --model NAME]
+                      benchmark-style tasks (several --task), two runs compared, or a server
   plugins             list installed plugins, their modalities and projectors
   export              write a saved model in another format (formats come from plugins)
   chat --model DIR [--<media flag> VALUE | --part TYPE=VALUE ...] [question]
@@ -107,14 +109,23 @@ def cmd_train(overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a saved model (or a run dir holding ``model/``) on a JSONL test file."""
+    """Evaluate a saved run on task files (``--task``), on its own test file, or compare two runs."""
+    if args.task:
+        return _eval_tasks(args)
+    if args.endpoint or len(args.runs) != 1:
+        raise ConfigError("without --task, eval takes exactly one run or model dir (its own test file); give --task TASK.yaml for endpoints and comparisons")
+    return _eval_heldout(args)
+
+
+def _eval_heldout(args: argparse.Namespace) -> int:
+    """The end-of-training evaluation again: exact match on the run's test file vs the blind baseline."""
     import json
 
     from omnimodal.data.records import read_jsonl
-    from omnimodal.evaluate import blind_baseline, evaluate, format_table
+    from omnimodal.eval.heldout import blind_baseline, evaluate, format_table
     from omnimodal.model import OmniModel
 
-    path = Path(args.model)
+    path = Path(args.runs[0])
     model_dir = path / "model" if (path / "model" / "omnimodal.json").is_file() else path
     model = OmniModel.from_pretrained(model_dir)
     test_files = args.data or model.extra.get("data", {}).get("test", [])
@@ -129,12 +140,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
         baseline = model.extra.get("blind_baseline")
         if baseline is None:
             raise ConfigError(f"{model_dir}: no stored blind baseline; give --train train.jsonl")
-    table = evaluate(model, records, baseline, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out_path=args.output)
+    table = evaluate(model, records, baseline, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out_path=args.output,
+                     blind_model=not args.no_blind_model)
     print(format_table(table))
     if args.output:
         print(f"wrote {args.output}")
     elif args.json:
         print(json.dumps(table, indent=2))
+    return 0
+
+
+def _eval_tasks(args: argparse.Namespace) -> int:
+    """``--task`` files against one run, two runs (compared), or an endpoint."""
+    import json
+
+    from omnimodal.eval import report
+    from omnimodal.eval.runner import Endpoint, InProcess, RunOptions, run_task
+    from omnimodal.eval.tasks import load_task
+
+    overrides = {"limit": args.limit} if args.limit is not None else {}
+    tasks = [load_task(t, overrides) for t in args.task]
+    if args.endpoint and args.runs:
+        raise ConfigError("give either run dirs or --endpoint, not both")
+    if args.endpoint and not args.model:
+        raise ConfigError("--endpoint needs --model NAME (the id the server serves; see its /v1/models)")
+    if not args.endpoint and not args.runs:
+        raise ConfigError("give a run or model dir, two of them to compare, or --endpoint URL --model NAME")
+    if len(args.runs) > 2:
+        raise ConfigError(f"eval compares at most two runs, got {len(args.runs)}")
+    runs: dict[str, list[dict]] = {}
+    for target in args.runs or [args.endpoint]:
+        stored = None
+        if args.endpoint:
+            backend = Endpoint(args.endpoint, args.model, concurrency=args.concurrency)
+        else:
+            from omnimodal.inference import load
+
+            pipe = load(target, device=args.device)
+            backend = InProcess(pipe, batch_size=args.batch_size, name=str(target))
+            stored = pipe.model.extra.get("blind_baseline")
+        options = RunOptions(blind_model=not args.no_blind_model, stored_baseline=stored, progress=not args.quiet)
+        runs[backend.name] = [run_task(task, backend, options) for task in tasks]
+    names = list(runs)
+    if args.output:
+        out = Path(args.output)
+    elif len(args.runs) == 1 and (Path(args.runs[0]) / "model").is_dir():
+        out = Path(args.runs[0]) / "eval"  # a run dir; a bare model dir is left as saved
+    else:
+        out = Path("eval-results")
+    for k, name in enumerate(names):
+        if len(names) > 1:
+            print(f"{'AB'[k]}: {name}")
+        print(report.format_table(runs[name]))
+        report.write_results(runs[name], out / ("AB"[k] if len(names) > 1 else ""))
+    if len(names) == 2:
+        comparisons = {}
+        for ra, rb in zip(runs[names[0]], runs[names[1]]):
+            text, diff = report.compare(ra, rb, limit=args.show_diff)
+            print(text)
+            comparisons[ra["task"]] = {"a": names[0], "b": names[1], "a_score": ra["scores"]["score"], "b_score": rb["scores"]["score"], "disagreements": diff}
+        (out / "comparison.json").write_text(json.dumps(comparisons, indent=2, ensure_ascii=False))
+    chart = report.plot_results(runs, out / "results.png")
+    print(f"wrote {out}" + ("" if chart else " (no chart: matplotlib, from the 'plot' extra, is not installed)"))
     return 0
 
 
@@ -316,13 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train with Hydra overrides (no overrides: the offline demo)", add_help=False)
     p = sub.add_parser("plugins", help="list installed plugins")
     p.add_argument("-v", "--verbose", action="store_true", help="show hooks and full failure tracebacks")
-    p = sub.add_parser("eval", help="evaluate a saved run or model dir")
-    p.add_argument("model", help="a run dir (with model/) or a model dir")
-    p.add_argument("--data", nargs="+", help="test JSONL file(s); default: the run's test files")
-    p.add_argument("--train", nargs="+", help="training JSONL file(s) for the blind baseline (default: stored with the model)")
+    p = sub.add_parser("eval", help="evaluate a saved run (its test file, or --task files), compare two, or an endpoint")
+    p.add_argument("runs", nargs="*", help="a run dir (with model/) or a model dir; two to compare them (with --task)")
+    p.add_argument("--task", action="append", default=[], help="task YAML file (repeatable)")
+    p.add_argument("--endpoint", help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (with --task)")
+    p.add_argument("--model", help="the model name to ask the endpoint for")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight to an endpoint")
+    p.add_argument("--limit", type=int, help="the first N items of each task only")
+    p.add_argument("--no-blind-model", action="store_true", help="skip the blind_model baseline (a second pass without media)")
+    p.add_argument("--show-diff", type=int, default=20, help="disagreements printed per task when comparing")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--data", nargs="+", help="without --task: test JSONL file(s); default: the run's test files")
+    p.add_argument("--train", nargs="+", help="without --task: training JSONL file(s) for the blind baseline (default: stored with the model)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--output", help="write the table as JSON here")
+    p.add_argument("--max-new-tokens", type=int, default=8, help="without --task (a task sets its own max_tokens)")
+    p.add_argument("--output", help="without --task: write the table as JSON here; with --task: the results directory "
+                   "(default: RUN/eval, or ./eval-results for endpoints and comparisons)")
     p.add_argument("--json", action="store_true", help="also print the table as JSON")
     p = sub.add_parser("export", help="export a saved run or model dir in a format a plugin provides")
     p.add_argument("--model", required=True, help="a run dir (with model/) or a model dir")

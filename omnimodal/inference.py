@@ -55,7 +55,9 @@ class GenerationOptions:
     """How to generate: greedy when ``temperature`` is 0 (or below 1e-4), else sampling with ``top_p``.
 
     ``stop`` strings end the answer (they are not included); ``seed`` makes sampling
-    reproducible; ``ignore_eos`` always generates ``max_new_tokens`` (for benchmarks).
+    reproducible; ``ignore_eos`` always generates ``max_new_tokens`` (for benchmarks);
+    ``top_logprobs`` (0-20) returns each generated token's log-probability (from the raw
+    logits, before sampling warpers) with that many most likely alternatives.
     """
 
     max_new_tokens: int = 128
@@ -64,6 +66,7 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -80,6 +83,8 @@ class GenerationOptions:
             raise ConfigError(f"seed must be a 64-bit integer, got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
+            raise ConfigError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers``' ``generate``."""
@@ -90,6 +95,8 @@ class GenerationOptions:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
         if self.ignore_eos:
             kwargs["min_new_tokens"] = self.max_new_tokens
+        if self.top_logprobs is not None:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         return kwargs
 
 
@@ -119,6 +126,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's ``logprobs.content`` when asked for
 
 
 @dataclass
@@ -235,8 +243,11 @@ class Pipeline:
         valid = ", ".join(["text", *sorted(self.part_types(api))])
         raise DataError(f"unknown content part type {kind!r} (valid for this model: {valid})")
 
-    def prepare(self, messages: Messages | str, base_dir: str | Path | None = None, source: str = "conversation", api: bool = False, max_media: int | None = None, fetch: Fetch | None = None) -> Prompt:
+    def prepare(self, messages: Messages | str, base_dir: str | Path | None = None, source: str = "conversation", api: bool = False, max_media: int | None = None, fetch: Fetch | None = None, add_generation_prompt: bool = True) -> Prompt:
         """Validate messages, load and preprocess each media part, tokenize with the generation prompt.
+
+        ``add_generation_prompt=False`` tokenizes the conversation as training does (its
+        assistant turns labelled in ``sample["labels"]``), for scoring a given answer.
 
         ``messages`` is a list of ``{"role", "content"}`` (content a string or a list of parts)
         or a plain string (one user turn). Errors are :class:`~omnimodal.errors.DataError`
@@ -277,7 +288,7 @@ class Pipeline:
             [(part_of[it.modality], it.num_tokens) for it in items],
             source,
             self.max_length,
-            add_generation_prompt=True,
+            add_generation_prompt=add_generation_prompt,
         )
         sample = {"input_ids": enc.input_ids, "labels": enc.labels, "items": items, "index": 0, "source": source, "kind": None, "answer": None}
         return Prompt(sample, source)
@@ -317,7 +328,29 @@ class Pipeline:
         with self.lock, _seeded(opts.seed, self.device):
             batch = self.collate(prompts)
             out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["media"], **opts.generate_kwargs(), **self._stop_kwargs(opts))
-        return [self._finish(row, p, opts) for row, p in zip(out.tolist(), prompts)]
+        sequences = out.sequences if opts.top_logprobs is not None else out
+        done = [self._finish(row, p, opts) for row, p in zip(sequences.tolist(), prompts)]
+        if opts.top_logprobs is not None:
+            for b, completion in enumerate(done):
+                completion.logprobs = self._token_logprobs(sequences[b], out.logits, b, completion.completion_tokens, opts.top_logprobs)
+        return done
+
+    def _token_logprobs(self, ids: torch.Tensor, logits: Sequence[torch.Tensor], row: int, n: int, k: int) -> list[dict[str, Any]]:
+        """OpenAI's ``logprobs.content``: each generated token, its log-probability and the top ``k``."""
+
+        def entry(token_id: int, logprob: float) -> dict[str, Any]:
+            text = self.tokenizer.decode([token_id])
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        content = []
+        for t in range(min(n, len(logits))):
+            logp = torch.log_softmax(logits[t][row].float(), dim=-1)
+            token_id = int(ids[t])
+            top = torch.topk(logp, min(k, logp.shape[-1])) if k else None
+            item = entry(token_id, float(logp[token_id]))
+            item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(top.values, top.indices)] if top is not None else []
+            content.append(item)
+        return content
 
     def _finish(self, ids: list[int], prompt: Prompt, opts: GenerationOptions) -> Completion:
         eos = _eos_ids(self.tokenizer, self.model.decoder)

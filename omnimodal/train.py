@@ -152,7 +152,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError, EvaluationError
-    from omnimodal.evaluate import blind_baseline, evaluate, format_table
+    from omnimodal.eval.heldout import blind_baseline, evaluate, format_table
     from omnimodal.model import OmniModel, build_modalities, build_tokenizer
     from omnimodal.training.checkpoint import AtomicCheckpointIO
     from omnimodal.training.datamodule import OmniDataModule, read_split

@@ -212,7 +212,7 @@ def _force(model, word: int, eos: int):
 
 @pytest.mark.parametrize("eos_token", ["<|eot_id|>", "<|end_of_text|>"])
 def test_generation_stops_on_every_id_of_the_eos_list(tmp_path, eos_token):
-    from omnimodal.evaluate import predict
+    from omnimodal.eval.heldout import predict
     from omnimodal.inference import Pipeline
 
     dec = make_decoder_dir(tmp_path / "dec", FAMILIES["llama3"])

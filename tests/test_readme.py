@@ -48,7 +48,13 @@ def readme_blocks() -> list[Block]:
 def workspace(tmp_path_factory, vision_demo) -> Path:
     """What the README's blocks name, built tiny and offline."""
     from PIL import Image
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from omnimodal.decoder import train_bpe_tokenizer
 

@@ -209,7 +209,8 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
             job.cancel.set()
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": settings.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None, "finish_reason": result.finish_reason}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "logprobs": {"content": result.logprobs, "refusal": None} if body.logprobs else None, "finish_reason": result.finish_reason}],
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }
 
@@ -240,7 +241,14 @@ def _check_text(value: Any, path: str = "") -> None:
 
 def _options(body: ChatCompletionRequest, settings: ServerSettings) -> GenerationOptions:
     if body.n != 1:
-        raise APIError(400, "only n=1 is supported", param="n")
+        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_parameter")
+    refused = body.unsupported()
+    if refused is not None:
+        raise APIError(400, f"{refused[1]}; remove '{refused[0]}' from the request", param=refused[0], code="unsupported_parameter")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+    if body.logprobs and body.stream:
+        raise APIError(400, "logprobs are not supported with stream=true; ask without streaming", param="logprobs", code="unsupported_parameter")
     max_tokens = body.max_completion_tokens or body.max_tokens or min(settings.default_max_tokens, settings.max_tokens)
     if max_tokens > settings.max_tokens:
         raise APIError(400, f"max_tokens={max_tokens} exceeds this server's limit of {settings.max_tokens}", param="max_tokens")
@@ -249,7 +257,8 @@ def _options(body: ChatCompletionRequest, settings: ServerSettings) -> Generatio
         raise APIError(400, "stop takes up to 4 non-empty strings", param="stop")
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
-    return GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop), seed=body.seed)
+    top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop), seed=body.seed, top_logprobs=top_logprobs)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -47,7 +47,13 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions`` body; unknown OpenAI options are accepted and ignored."""
+    """``POST /v1/chat/completions`` body.
+
+    Unknown fields are ignored (clients send their own extras). Fields OpenAI defines but
+    omnimodal cannot honour are declared here loosely and refused with a 400 naming them when
+    set to anything but their neutral value (see :data:`UNSUPPORTED`); bookkeeping fields
+    (``user``, ``metadata``, ``store``, ``service_tier``...) are accepted and ignored.
+    """
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -62,6 +68,49 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # OpenAI-defined, unsupported: refused unless neutral.
+    logit_bias: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """The first OpenAI field set to a value omnimodal cannot honour, with why; else None."""
+        for name, (neutral, why) in UNSUPPORTED.items():
+            value = getattr(self, name)
+            if value is not None and not neutral(value):
+                return name, why
+        return None
+
+
+UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "logit_bias": (lambda v: v == {}, "logit_bias is not supported"),
+    "frequency_penalty": (lambda v: v == 0, "frequency_penalty is not supported (only 0)"),
+    "presence_penalty": (lambda v: v == 0, "presence_penalty is not supported (only 0)"),
+    "tools": (lambda v: v == [], "tools (function calling) are not supported"),
+    "tool_choice": (lambda v: v == "none", "tool_choice is not supported (only 'none')"),
+    "functions": (lambda v: v == [], "functions (function calling) are not supported"),
+    "function_call": (lambda v: v == "none", "function_call is not supported (only 'none')"),
+    "response_format": (lambda v: v == {"type": "text"}, "response_format is not supported (only {'type': 'text'})"),
+    "audio": (lambda v: False, "audio output is not supported"),
+    "modalities": (lambda v: v == ["text"], "output modalities other than ['text'] are not supported"),
+    "prediction": (lambda v: False, "predicted outputs are not supported"),
+    "web_search_options": (lambda v: False, "web search is not supported"),
+    "reasoning_effort": (lambda v: False, "reasoning_effort is not supported (not a reasoning model)"),
+    "verbosity": (lambda v: False, "verbosity is not supported"),
+}
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -1,7 +1,14 @@
-"""Evaluation: greedy answers on held-out questions vs a blind baseline, per modality and kind.
+"""The end-of-training evaluation: greedy answers on the run's held-out questions, exact match,
+per modality and kind, beside three baselines (``eval.json``).
 
-The blind baseline answers each question with the answer most often given to that same
-question text in training: the best any model that cannot see (hear, read) the media can do.
+- ``chance``: a uniform guess among the distinct answers of that modality and kind in the
+  test set (per item ``1/|answers|``).
+- ``blind_frequent`` (also under its old key ``blind``): each question answered with the answer
+  most often given to that same question text in training: the best any model that cannot see
+  (hear, read) the media can do.
+- ``blind_model``: the same model asked the same questions with the media parts removed.
+
+Benchmark-style task files are :mod:`omnimodal.eval.runner`'s; this is the run's own test file.
 """
 
 from __future__ import annotations
@@ -100,46 +107,70 @@ def _to_device(obj: Any, device) -> Any:
     return to(device) if callable(to) else obj
 
 
-def score(records: list[Record], predictions: list[str], baseline: dict[str, Any], part_types: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{modality: {kind | 'overall': {accuracy, blind, n}}}`` as fractions."""
-    hits: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
-    for record, pred in zip(records, predictions):
+def without_media(record: Record) -> Record:
+    """The record with every media part removed (the blind_model baseline's question)."""
+    messages = [{"role": m["role"], "content": [p for p in m["content"] if p["type"] == "text"] or [{"type": "text", "text": ""}]} for m in record.messages]
+    return Record(messages, record.source, record.base_dir, record.kind)
+
+
+def score(records: list[Record], predictions: list[str], baseline: dict[str, Any], part_types: dict[str, str], blind_predictions: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``{modality: {kind | 'overall': {accuracy, chance, blind_frequent, blind, blind_model?, n}}}`` as fractions.
+
+    ``blind`` is ``blind_frequent`` under the key earlier versions wrote.
+    """
+    groups = [(record_modality(r, part_types), r.kind or "all") for r in records]
+    vocab: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for group, record in zip(groups, records):
+        vocab[group].add(normalise(answer_text(record)))
+    hits: dict[tuple[str, str], list[tuple[float, ...]]] = defaultdict(list)
+    for k, (record, pred, group) in enumerate(zip(records, predictions, groups)):
         gold = normalise(answer_text(record))
-        row = (normalise(pred) == gold, blind_answer(baseline, record) == gold)
-        modality = record_modality(record, part_types)
-        hits[(modality, record.kind or "all")].append(row)
-        hits[(modality, "overall")].append(row)
+        row = [normalise(pred) == gold, blind_answer(baseline, record) == gold, 1 / len(vocab[group])]
+        if blind_predictions is not None:
+            row.append(normalise(blind_predictions[k]) == gold)
+        hits[group].append(tuple(row))
+        hits[(group[0], "overall")].append(tuple(row))
     table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     for (modality, kind), rows in sorted(hits.items()):
         n = len(rows)
-        table[modality][kind] = {
-            "accuracy": sum(a for a, _ in rows) / n,
-            "blind": sum(b for _, b in rows) / n,
-            "n": n,
-        }
+        mean = [sum(r[i] for r in rows) / n for i in range(len(rows[0]))]
+        table[modality][kind] = {"accuracy": mean[0], "chance": mean[2], "blind_frequent": mean[1], "blind": mean[1], "n": n}
+        if blind_predictions is not None:
+            table[modality][kind]["blind_model"] = mean[3]
     for modality in table:  # 'overall' last
         table[modality]["overall"] = table[modality].pop("overall")
     return dict(table)
 
 
 def format_table(table: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table: modality, kind, n, accuracy, blind baseline, gain."""
-    lines = [f"{'modality':<16} {'kind':<14} {'n':>5} {'accuracy':>9} {'blind':>7} {'gain':>7}"]
+    """A plain-text table: modality, kind, n, accuracy, the baselines, gain over the blind (frequent) one."""
+    lines = [f"{'modality':<16} {'kind':<14} {'n':>5} {'accuracy':>9} {'chance':>7} {'blind':>7} {'blind_model':>11} {'gain':>7}"]
     lines.append("-" * len(lines[0]))
     for modality, kinds in table.items():
         for kind, row in kinds.items():
+            chance = f"{row['chance']:>7.1%}" if "chance" in row else f"{'n/a':>7}"
+            blind_model = f"{row['blind_model']:>11.1%}" if "blind_model" in row else f"{'n/a':>11}"
             lines.append(
-                f"{modality:<16} {kind:<14} {row['n']:>5} {row['accuracy']:>9.1%} {row['blind']:>7.1%} "
+                f"{modality:<16} {kind:<14} {row['n']:>5} {row['accuracy']:>9.1%} {chance} {row['blind']:>7.1%} {blind_model} "
                 f"{row['accuracy'] - row['blind']:>+7.1%}"
             )
+    lines.append("blind = blind_frequent (the most frequent training answer to the question); blind_model = the model without the media")
     return "\n".join(lines)
 
 
-def evaluate(model, records: list[Record], baseline: dict[str, Any], batch_size: int = 64, max_new_tokens: int = 8, max_length: int | None = None, out_path: Path | None = None) -> dict[str, Any]:
-    """Predict, score, optionally write ``eval.json``; returns the table."""
+def evaluate(model, records: list[Record], baseline: dict[str, Any], batch_size: int = 64, max_new_tokens: int = 8, max_length: int | None = None, out_path: Path | None = None, blind_model: bool = True) -> dict[str, Any]:
+    """Predict (and, with ``blind_model``, predict again without the media), score, optionally
+    write ``eval.json``; returns the table."""
     part_types = {m.part_type: name for name, m in model.modalities.items()}
     predictions = predict(model, records, batch_size, max_new_tokens, max_length)
-    table = score(records, predictions, baseline, part_types)
+    blind_predictions = None
+    if blind_model:
+        with_media = [k for k, r in enumerate(records) if r.media_parts()]
+        blind_predictions = list(predictions)
+        again = predict(model, [without_media(records[k]) for k in with_media], batch_size, max_new_tokens, max_length) if with_media else []
+        for k, pred in zip(with_media, again):
+            blind_predictions[k] = pred
+    table = score(records, predictions, baseline, part_types, blind_predictions)
     if out_path is not None:
         Path(out_path).write_text(json.dumps(table, indent=2))
     return table
