@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -237,25 +238,31 @@ _PM: pluggy.PluginManager | None = None
 _REGISTRY: Registry | None = None
 
 
+_LOCK = threading.RLock()  # first use may come from several threads at once (server requests)
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """Return the process-wide plugin manager, loading entry points on first use."""
     global _PM
-    if _PM is None:
-        _PM = new_plugin_manager()
-        _PM._omnimodal_infos = load_entry_points(_PM)  # type: ignore[attr-defined]
-    return _PM
+    with _LOCK:
+        if _PM is None:
+            pm = new_plugin_manager()
+            pm._omnimodal_infos = load_entry_points(pm)  # type: ignore[attr-defined]
+            _PM = pm  # published only once complete
+        return _PM
 
 
 def get_registry(refresh: bool = False) -> Registry:
     """Return the registry of all loaded plugins (cached; ``refresh`` re-reads the hooks)."""
     global _REGISTRY
-    if _REGISTRY is None or refresh:
-        pm = get_plugin_manager()
-        infos = [PluginInfo(**vars(i)) for i in pm._omnimodal_infos]  # type: ignore[attr-defined]
-        for i in infos:
-            i.modalities, i.projectors, i.config_dirs, i.demos, i.exports = [], [], [], [], []
-        _REGISTRY = build_registry(pm, infos)
-    return _REGISTRY
+    with _LOCK:
+        if _REGISTRY is None or refresh:
+            pm = get_plugin_manager()
+            infos = [PluginInfo(**vars(i)) for i in pm._omnimodal_infos]  # type: ignore[attr-defined]
+            for i in infos:
+                i.modalities, i.projectors, i.config_dirs, i.demos, i.exports = [], [], [], [], []
+            _REGISTRY = build_registry(pm, infos)
+        return _REGISTRY
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
