@@ -91,3 +91,35 @@ def test_fit_twice_in_one_process_chains_stages_and_restores_global_state(vision
     loaded = omnimodal.load(sft.dir / "model").model
     for key, value in sft.model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_own_lightning_trainer_with_the_kit_gives_a_run_omnimodal_reads(vision_demo, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from omnimodal.model import OmniModel
+    from omnimodal.training import OmniDataModule, OmniLightningModule, kit
+
+    from .conftest import texts_of, tiny_decoder_cfg, tiny_vision_cfg
+
+    model = OmniModel.from_config({"decoder": tiny_decoder_cfg(), "modalities": {"vision": tiny_vision_cfg()}},
+                                  texts=texts_of([vision_demo["train"]]))
+    files = {split: [vision_demo[split]] for split in ("train", "val", "test")}
+    dm = OmniDataModule({"batch_size": 8, "num_workers": 0, "max_length": 128, "seed": 0}, files,
+                        model.tokenizer, model.modalities, model.placeholder_ids)
+    stage = {"lr": 1e-3}
+    run = tmp_path / "run"
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=CSVLogger(run, name="logs"),
+                        callbacks=kit.callbacks(files, stage), plugins=[kit.checkpoint_io()],
+                        default_root_dir=run, enable_progress_bar=False, limit_val_batches=1, log_every_n_steps=1)
+    trainer.fit(OmniLightningModule(model, stage), datamodule=dm)
+    assert list((run / "logs").glob("**/metrics.csv")), "the user's own logger wrote its metrics"
+    model_dir = kit.finish(model, dm, run)
+
+    loaded = omnimodal.load(run)
+    assert loaded.model.extra["blind_baseline"] and loaded.model.extra["data"]["test"] == [str(vision_demo["test"].resolve())]
+    out = subprocess.run([PYTHON, "-m", "omnimodal.cli", "eval", str(run)], capture_output=True, text=True,
+                         timeout=300, env=cli_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "overall" in out.stdout and (model_dir / "omnimodal.json").is_file()
