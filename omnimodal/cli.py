@@ -22,6 +22,8 @@ commands:
                       answer a JSONL file of conversations
   serve --model DIR [--host H] [--port P]
                       OpenAI-compatible HTTP server (/v1/chat/completions)
+  new-plugin NAME [--dir DIR]
+                      write a ready modality plugin package (docs/writing-a-plugin.md)
 """
 
 
@@ -135,6 +137,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}")
     elif args.json:
         print(json.dumps(table, indent=2))
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """Write a modality plugin package (``omnimodal.scaffold``) and say what to run next."""
+    from omnimodal.scaffold import NEXT_STEPS, new_plugin, plugin_names
+
+    target = new_plugin(args.name, args.dir, force=args.force)
+    print(NEXT_STEPS.format(target=target, **plugin_names(args.name)))
     return 0
 
 
@@ -331,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, metavar="NAME", help=f"one of the registered formats ({listed or 'none loaded'})")
     p.add_argument("--output", required=True, help="directory to write")
     _add_inference_parsers(sub)
+    p = sub.add_parser("new-plugin", help="write a ready modality plugin package")
+    p.add_argument("name", help="the modality name (a lower-case identifier, e.g. ecg)")
+    p.add_argument("--dir", help="where to write it (default: ./omnimodal-NAME)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     return parser
 
 
@@ -423,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_install()
         commands = {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}
         commands.update(chat=cmd_chat, generate=cmd_generate, serve=cmd_serve)
+        commands["new-plugin"] = cmd_new_plugin
         return commands[args.command](args)
     except OmnimodalError as exc:
         print(f"error: {exc}", file=sys.stderr)
