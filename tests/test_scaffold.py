@@ -92,3 +92,21 @@ def test_generated_plugin_installs_is_listed_passes_its_contract_and_trains(tmp_
     assert saved["modalities"]["sensor"]["distribution"] == "omnimodal-sensor"
     table = json.loads((run / "result.json").read_text())["eval"]["sensor"]
     assert set(table) == {"sign", "size", "overall"} and table["overall"]["n"] == 80
+
+
+def test_every_hook_is_documented_in_the_plugin_guide():
+    """docs/writing-a-plugin.md has a section per hook of omnimodal/hookspecs.py, with its docstring's summary."""
+    import inspect
+    from pathlib import Path
+
+    from omnimodal import hookspecs
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md").read_text()
+    hooks = [f for _, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "omnimodal_spec")]
+    assert len(hooks) >= 5
+    for hook in hooks:
+        params = ", ".join(inspect.signature(hook).parameters)
+        assert f"### `{hook.__name__}({params})`" in guide, f"hook {hook.__name__} is not documented in docs/writing-a-plugin.md"
+        summary = inspect.getdoc(hook).split("\n\n")[0].replace("\n", " ")
+        assert summary in guide.replace("\n", " "), f"the guide's {hook.__name__} does not match its hookspec docstring: {summary!r}"
+    assert f"OMNIMODAL_API_VERSION = {hookspecs.API_VERSION}" in guide
