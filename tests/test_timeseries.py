@@ -147,7 +147,7 @@ def test_trains_mixed_with_vision_then_chat_and_server_answer(vision_demo, tmp_p
     from omnimodal.serving.app import create_app
 
     def ask(part):
-        body = {"model": "m", "max_tokens": 3, "temperature": 0, "messages": [{"role": "user", "content": [part, {"type": "text", "text": demo.QUESTIONS["peaks"]}]}]}
+        body = {"model": "omnimodal", "max_tokens": 3, "temperature": 0, "messages": [{"role": "user", "content": [part, {"type": "text", "text": demo.QUESTIONS["peaks"]}]}]}
         return http.post("/v1/chat/completions", json=body)
 
     with TestClient(create_app(omnimodal.load(run, device="cpu"))) as http:
