@@ -45,6 +45,9 @@ def test_new_plugin_writes_every_template_and_refuses_bad_names_and_non_empty_di
     assert '"omnimodal>=0.1"' in pyproject and 'ecg = "omnimodal_ecg"' in pyproject
     assert (tmp_path / "pkg/omnimodal_ecg/conf/modalities/ecg.yaml").read_text().startswith("# @package modalities.ecg")
     assert plugin_names("point_cloud")["cls"] == "PointCloudModality"
+    require("ruff", "dev")
+    lint = subprocess.run([PYTHON, "-m", "ruff", "check", "--no-cache", "--select", "E,F,W,I,B,UP", "--ignore", "E501", str(tmp_path / "pkg")], capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr  # the generated code is lint-clean
     for bad in ("ECG", "1ecg", "my-ecg", "class", ""):
         with pytest.raises(ConfigError, match="lower-case identifier"):
             plugin_names(bad)
