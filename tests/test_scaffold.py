@@ -87,7 +87,7 @@ def test_generated_plugin_installs_is_listed_passes_its_contract_and_trains(tmp_
 
     # 3. trains on its own demo data (the demo hook builds it), saves and evaluates the model
     run = tmp_path / "run"
-    args = ["train", "modalities=[sensor]", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run}"]
+    args = ["train", "modalities=[sensor]", *TINY, "trainer.max_steps=10", "trainer.max_epochs=1", f"hydra.run.dir={run}"]
     trained = _in_installed_env(site, f"from omnimodal.cli import main; sys.exit(main({args!r}))", OMNIMODAL_DEMO_DIR=str(tmp_path / "demo"))
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert (tmp_path / "demo" / "sensor-v1-seed0" / "train.jsonl").is_file()

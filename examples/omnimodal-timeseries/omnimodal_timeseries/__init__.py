@@ -26,4 +26,4 @@ def omnimodal_config_dirs():
 
 @hookimpl
 def omnimodal_demo_data():
-    return [DemoSpec("timeseries", "omnimodal_timeseries.demo:build", description="synthetic signals QA")]
+    return [DemoSpec("timeseries", "omnimodal_timeseries.demo:build", version="3", description="synthetic signals QA")]

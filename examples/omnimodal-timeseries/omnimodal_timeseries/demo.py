@@ -29,7 +29,7 @@ ANSWERS = {
     "period": ["short", "long"],
     "peaks": ["one", "two", "three"],
 }
-SPLITS = {"train": 2000, "val": 80, "test": 400}
+SPLITS = {"train": 1200, "val": 80, "test": 400}
 
 
 def make_signal(rng: random.Random, kind: str, answer: str) -> np.ndarray:
@@ -44,7 +44,7 @@ def make_signal(rng: random.Random, kind: str, answer: str) -> np.ndarray:
     elif kind == "spike":
         x += 0.3 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + gen.uniform(0, 6, (CHANNELS, 1)))
         at = rng.randint(10, n - 10)
-        x[ANSWERS["spike"].index(answer), at : at + 2] += rng.choice([-1, 1]) * rng.uniform(3.0, 5.0)
+        x[ANSWERS["spike"].index(answer), at : at + 3] += rng.uniform(4.0, 6.0)
     elif kind == "period":
         period = rng.uniform(6, 10) if answer == "short" else rng.uniform(40, 70)
         x += np.sin(2 * np.pi * np.arange(n) / period + gen.uniform(0, 6, (CHANNELS, 1)))
