@@ -24,6 +24,8 @@ commands:
                       answer a JSONL file of conversations
   serve --model DIR [--host H] [--port P]
                       OpenAI-compatible HTTP server (/v1/chat/completions)
+  new-plugin NAME [--dir DIR]
+                      write a ready modality plugin package (docs/writing-a-plugin.md)
 """
 
 
@@ -202,6 +204,15 @@ def _eval_tasks(args: argparse.Namespace) -> int:
         (out / "comparison.json").write_text(json.dumps(comparisons, indent=2, ensure_ascii=False))
     chart = report.plot_results(runs, out / "results.png")
     print(f"wrote {out}" + ("" if chart else " (no chart: matplotlib, from the 'plot' extra, is not installed)"))
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """Write a modality plugin package (``omnimodal.scaffold``) and say what to run next."""
+    from omnimodal.scaffold import NEXT_STEPS, new_plugin, plugin_names
+
+    target = new_plugin(args.name, args.dir, force=args.force)
+    print(NEXT_STEPS.format(target=target, **plugin_names(args.name)))
     return 0
 
 
@@ -408,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, metavar="NAME", help=f"one of the registered formats ({listed or 'none loaded'})")
     p.add_argument("--output", required=True, help="directory to write")
     _add_inference_parsers(sub)
+    p = sub.add_parser("new-plugin", help="write a ready modality plugin package")
+    p.add_argument("name", help="the modality name (a lower-case identifier, e.g. ecg)")
+    p.add_argument("--dir", help="where to write it (default: ./omnimodal-NAME)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     return parser
 
 
@@ -500,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_install()
         commands = {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}
         commands.update(chat=cmd_chat, generate=cmd_generate, serve=cmd_serve)
+        commands["new-plugin"] = cmd_new_plugin
         return commands[args.command](args)
     except OmnimodalError as exc:
         print(f"error: {exc}", file=sys.stderr)

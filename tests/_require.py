@@ -20,15 +20,16 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def require(module: str, extra: str) -> ModuleType:
-    """Import ``module`` (from the ``extra`` extra) or skip, or fail under CI."""
+def require(module: str, extra: str, install: str | None = None) -> ModuleType:
+    """Import ``module`` (from the ``extra`` extra, or installed by the ``install`` command that
+    ``.ci/run`` runs) or skip, or fail under CI."""
     try:
         return importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
-        msg = (
-            f"{module} cannot be imported ({type(exc).__name__}: {exc}); it comes with the "
-            f"'{extra}' extra: pip install -e \".[{extra}]\" (or \".[dev]\" for everything)"
+        where = f".ci/run installs it: {install}" if install else (
+            f"it comes with the '{extra}' extra: pip install -e \".[{extra}]\" (or \".[dev]\" for everything)"
         )
+        msg = f"{module} cannot be imported ({type(exc).__name__}: {exc}); {where}"
         if under_ci():
             raise ImportError(f"CI=true and a .[dev] dependency is missing or broken: {msg}") from exc
         pytest.skip(msg, allow_module_level=True)
