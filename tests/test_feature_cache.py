@@ -19,9 +19,8 @@ TINY = [
     "modalities=[vision]", "stage=align",
     "decoder.hidden_size=64", "decoder.intermediate_size=128", "decoder.num_hidden_layers=2",
     "decoder.num_attention_heads=4", "decoder.num_key_value_heads=4", "decoder.tokenizer.vocab_size=400",
-    "modalities.vision.encoder.width=32", "modalities.vision.encoder.depth=1",
     "data.batch_size=8", "data.num_workers=0", "trainer.enable_progress_bar=false",
-    "evaluate=false", "trainer.max_epochs=2",
+    "evaluate=false", "save_model=false", "trainer.max_epochs=2",
 ]
 
 
@@ -142,6 +141,9 @@ def test_require_mode_names_the_missing_item(tmp_path):
         cache.resolve(batch)
 
 
+VIT = ["modalities.vision.encoder.width=32", "modalities.vision.encoder.depth=1"]
+
+
 def _fit(vision_demo, tmp_path, name, *extra):
     data = [f"data.{split}={vision_demo[split]}" for split in ("train", "val", "test")]
     cfg = omnimodal.compose([*TINY, *data, *extra])
@@ -155,9 +157,9 @@ def _projectors(run):
 @pytest.mark.slow
 def test_cached_and_uncached_training_give_the_same_losses_and_weights(vision_demo, tmp_path):
     cache = f"data.feature_cache={tmp_path / 'cache'}"
-    plain = _fit(vision_demo, tmp_path, "plain")
-    cold = _fit(vision_demo, tmp_path, "cold", cache)  # epoch 0 computes and writes, epoch 1 reads
-    warm = _fit(vision_demo, tmp_path, "warm", cache)  # every item a hit from the first step
+    plain = _fit(vision_demo, tmp_path, "plain", *VIT)
+    cold = _fit(vision_demo, tmp_path, "cold", *VIT, cache)  # epoch 0 computes and writes, epoch 1 reads
+    warm = _fit(vision_demo, tmp_path, "warm", *VIT, cache)  # every item a hit from the first step
     assert cold.summary["feature_cache"]["hits"] > 0 and cold.summary["feature_cache"]["misses"] > 0
     assert warm.summary["feature_cache"]["misses"] == 0
     for run in (cold, warm):
@@ -188,7 +190,7 @@ def test_warm_only_training_never_builds_the_frozen_tower(vision_demo, tmp_path,
     built = []
     original = VisionModality.build_encoder
     monkeypatch.setattr(VisionModality, "build_encoder", lambda self, load_weights=True: built.append(1) or original(self, load_weights))
-    warm = _fit(vision_demo, tmp_path, "warm", *clip, "data.feature_cache_mode=require")
+    warm = _fit(vision_demo, tmp_path, "warm", *clip, "data.feature_cache_mode=require", "save_model=true")
     summary = warm.summary["feature_cache"]
     assert summary["misses"] == 0 and summary["hits"] > 0
     assert summary["towers_not_built"]["vision"] > 0
