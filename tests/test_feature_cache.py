@@ -206,3 +206,20 @@ def test_a_training_encoder_ignores_the_cache(caplog):
     with caplog.at_level("INFO", logger="omnimodal.data.feature_cache"):
         assert fc.plan(copy.deepcopy(cfg), {"vision": vision}) is None
     assert "vision ignores it: its encoder trains" in caplog.text
+
+
+@pytest.mark.slow
+def test_cache_build_fills_every_split_and_training_then_only_hits(vision_demo, tmp_path):
+    import subprocess
+
+    from .conftest import PYTHON, cli_env
+
+    data = [f"data.{split}={vision_demo[split]}" for split in ("train", "val", "test")]
+    cache = f"data.feature_cache={tmp_path / 'cache'}"
+    out = subprocess.run([PYTHON, "-m", "omnimodal.cli", "cache", "build", *TINY, *VIT, *data, cache],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=cli_env())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "MiB per 1k items" in out.stdout + out.stderr
+    assert "56 entries written" in out.stdout  # 40 train + 8 val + 8 test images
+    warm = _fit(vision_demo, tmp_path, "warm", *VIT, cache)
+    assert warm.summary["feature_cache"]["misses"] == 0 and warm.summary["feature_cache"]["written"] == 0

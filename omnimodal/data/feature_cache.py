@@ -614,3 +614,100 @@ def _callback(setup: CacheSetup):
             setup.store.flush()
 
     return FeatureCacheCallback()
+
+
+# ---- omnimodal cache build ----------------------------------------------------------------
+def _numerics_context(precision: str, device_type: str):
+    """The autocast context the trainer's precision implies for the encoder forward."""
+    import contextlib
+
+    if precision.endswith("-mixed"):
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+        return torch.autocast(device_type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def build_cache(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Fill the cache for every split of ``cfg`` (the same config ``omnimodal train`` takes):
+    print the size estimate first, then encode each item that is not cached yet."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from omnimodal.data.dataset import Collator, training_texts
+    from omnimodal.data.records import SkipReport
+    from omnimodal.decoder import add_placeholders
+    from omnimodal.model import build_modalities, build_tokenizer
+    from omnimodal.train import resolve_files
+    from omnimodal.training.datamodule import OmniDataModule, read_split
+
+    cfg = copy_cfg(cfg)
+    cfg["data"]["feature_cache_mode"] = "auto"
+    if not cfg["data"].get("feature_cache"):
+        raise ConfigError("omnimodal cache build needs data.feature_cache=<dir>")
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True)  # as `train` does: a scratch tower gets the same init
+    files = resolve_files(cfg)
+    modalities = build_modalities(cfg["modalities"])
+    setup = plan(cfg, modalities)
+    if setup is None:
+        raise ConfigError(f"no modality of this run can use the feature cache: every encoder trains in stage {cfg['stage'].get('name')!r} (use stage=align, sft or lora)")
+    texts = None
+    if cfg["decoder"].get("kind") == "scratch":
+        part_types = {m.part_type: n for n, m in modalities.items()}
+        texts = training_texts(read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport(), cfg["data"]))
+    tokenizer = build_tokenizer(cfg["decoder"], texts)
+    model = setup.build({"decoder": cfg["decoder"], "modalities": cfg["modalities"]}, tokenizer, modalities)
+    device = torch.device(setup.numerics.device_type if setup.numerics.device_type != "cpu" else "cpu")
+    if str(setup.numerics.precision).endswith("-true") and not str(setup.numerics.precision).startswith("32"):
+        model.to(torch.bfloat16 if "bf16" in setup.numerics.precision else torch.float16)
+    model.to(device).eval()
+    placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
+    dm = OmniDataModule({**cfg["data"], "seed": int(cfg.get("seed", 0))}, files, tokenizer, modalities, placeholder_ids)
+    collate = Collator(modalities, tokenizer.pad_token_id, cached=setup.active)
+    setup.store.snapshot(time.time_ns())
+    splits = [s for s in ("train", "val", "test") if files.get(s)]
+    sets = {s: dm.dataset(s) for s in splits}
+    total = sum(len(d) for d in sets.values())
+    out: dict[str, Any] = {"records": total, "splits": {}}
+    estimated = False
+    with torch.no_grad(), _numerics_context(setup.numerics.precision, device.type):
+        bar = tqdm(total=total, desc="caching features", unit="conv", disable=not progress)
+        for split, dataset in sets.items():
+            loader = DataLoader(dataset, batch_size=int(cfg["data"].get("batch_size", 32)), shuffle=False,
+                                num_workers=int(cfg["data"].get("num_workers", 0)), collate_fn=collate)
+            for batch in loader:
+                for name, cache in setup.caches.items():
+                    if name not in batch["media"]:
+                        continue
+                    media = batch["media"][name]
+                    n_items = len(media[CACHE_KEY]["keys"])
+                    features, mask = cache.encode(model.encoders[name], modalities[name].collate, media, torch.float32)
+                    if not estimated:
+                        fresh = list(setup.store.pending.values())
+                        per_item = (sum(f.numel() * f.element_size() + m.numel() for f, m in fresh) / len(fresh)) if fresh \
+                            else _entry_bytes(features, mask, cache.dtype)
+                        items = total * n_items / max(1, len(batch["input_ids"]))
+                        msg = (f"feature cache: about {items:,.0f} {name} items x {per_item / 1024:.1f} KiB = "
+                               f"{items * per_item / 2**20:,.1f} MiB ({per_item * 1000 / 2**20:.1f} MiB per 1k items) in {setup.store.root}")
+                        (bar.write if progress else print)(msg)
+                        out["estimate_bytes_per_item"] = per_item
+                        estimated = True
+                bar.update(len(batch["input_ids"]))
+            setup.store.flush()
+        bar.close()
+    report = setup.store.report
+    out.update(hits=report.hits, written=report.written, bytes_written=report.bytes_written, bad=report.bad)
+    print(report.summary(), flush=True)
+    return out
+
+
+def _entry_bytes(features: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype | None) -> float:
+    """Mean stored bytes of one entry of this batch (its real positions, in the stored dtype)."""
+    size = (dtype or features.dtype).itemsize
+    real = mask.sum(1).float().mean().item()
+    return real * (features.shape[-1] * size + 1)
+
+
+def copy_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A deep plain copy of a run config."""
+    return json.loads(json.dumps(cfg, default=str))
