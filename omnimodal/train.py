@@ -320,12 +320,14 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
 def _cache_summary(cache: Any, model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Report the feature cache (and the memory ``mode=require`` saved); rebuild skipped towers
     so the saved model is whole."""
+    from omnimodal.data.feature_cache import needs_towers_after as feature_cache_needs_towers
+
     print(cache.store.report.summary(), flush=True)
     saved = cache.describe_saved()
     if saved:
         print(saved, flush=True)
-        if cfg.get("save_model", True):
-            cache.restore_towers(model)
+        if feature_cache_needs_towers(cfg):
+            cache.restore_towers(model)  # after training: save and evaluate a whole model
     report = cache.store.report
     return {"hits": report.hits, "misses": report.misses, "written": report.written, "bad": report.bad,
             "towers_not_built": {n: i["parameters"] for n, i in cache.skipped_towers.items()}}

@@ -558,15 +558,21 @@ def plan(cfg: dict[str, Any], modalities: dict[str, Any]) -> CacheSetup | None:
         return None
     numerics = Numerics(data.get("feature_cache_dtype"), str((cfg.get("trainer") or {}).get("precision", "32-true")), _device_type(cfg.get("trainer") or {}))
     setup = CacheSetup(FeatureCache(root), names, mode, parse_dtype(numerics.dtype), numerics, {n: modalities[n].cfg for n in names})
-    if mode == "require" and cfg.get("save_model", True):
+    if mode == "require" and needs_towers_after(cfg):
         for name in names:
             if not config_fingerprint(modalities[name].cfg)["files"]:
                 raise ConfigError(
                     f"data.feature_cache_mode=require: {name}'s encoder is built from a random init, so it cannot be rebuilt "
-                    "to save the model; use a pretrained tower (encoder.path), save_model=false, or feature_cache_mode=auto"
+                    "after training to save or evaluate the model; use a pretrained tower (encoder.path), "
+                    "save_model=false evaluate=false, or feature_cache_mode=auto"
                 )
     log.info("feature cache: %s at %s (mode %s)", ", ".join(names), setup.store.root, mode)
     return setup
+
+
+def needs_towers_after(cfg: dict[str, Any]) -> bool:
+    """Whether the run uses the whole model after training (saving it, or evaluating it)."""
+    return bool(cfg.get("save_model", True)) or (bool(cfg.get("evaluate", True)) and bool((cfg.get("data") or {}).get("test")))
 
 
 def _callback(setup: CacheSetup):
@@ -673,6 +679,8 @@ def build_cache(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     with torch.no_grad(), _numerics_context(setup.numerics.precision, device.type):
         bar = tqdm(total=total, desc="caching features", unit="conv", disable=not progress)
         for split, dataset in sets.items():
+            bar.set_description(f"caching features ({split})")
+            out["splits"][split] = len(dataset)
             loader = DataLoader(dataset, batch_size=int(cfg["data"].get("batch_size", 32)), shuffle=False,
                                 num_workers=int(cfg["data"].get("num_workers", 0)), collate_fn=collate)
             for batch in loader:
