@@ -223,3 +223,27 @@ def test_cache_build_fills_every_split_and_training_then_only_hits(vision_demo, 
     assert "56 entries written" in out.stdout  # 40 train + 8 val + 8 test images
     warm = _fit(vision_demo, tmp_path, "warm", *VIT, cache)
     assert warm.summary["feature_cache"]["misses"] == 0 and warm.summary["feature_cache"]["written"] == 0
+
+
+def test_a_resumed_epoch_reads_the_snapshot_its_epoch_started_with(tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    cfg = {"data": {"feature_cache": str(tmp_path / "cache")}, "stage": {"name": "align", "train_encoders": False}, "trainer": {}}
+    setup = fc.plan(cfg, {"vision": _vision()})
+    trainer = SimpleNamespace(current_epoch=0, global_rank=0, strategy=SimpleNamespace(broadcast=lambda x, src=0: x))
+    callback = setup.callback()
+    callback.on_train_epoch_start(trainer, None)
+    setup.store.put("k-1", torch.zeros(2, 4), torch.ones(2, dtype=torch.bool))
+    callback.on_save_checkpoint(trainer, None, {})  # flushed: computed before the checkpoint, kept on disk
+    state = callback.state_dict()
+
+    time.sleep(0.01)
+    resumed = fc.plan(cfg, {"vision": _vision()})  # a new process after a kill, same epoch
+    again = resumed.callback()
+    again.load_state_dict(state)
+    again.on_train_epoch_start(trainer, None)
+    assert "k-1" not in resumed.store  # written during epoch 0: not read in epoch 0, resumed or not
+    trainer.current_epoch = 1
+    again.on_train_epoch_start(trainer, None)
+    assert "k-1" in resumed.store

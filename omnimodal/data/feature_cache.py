@@ -556,8 +556,9 @@ def plan(cfg: dict[str, Any], modalities: dict[str, Any]) -> CacheSetup | None:
             names.append(name)
     if not names:
         return None
-    numerics = Numerics(data.get("feature_cache_dtype"), str((cfg.get("trainer") or {}).get("precision", "32-true")), _device_type(cfg.get("trainer") or {}))
-    setup = CacheSetup(FeatureCache(root), names, mode, parse_dtype(numerics.dtype), numerics, {n: modalities[n].cfg for n in names})
+    dtype = parse_dtype(data.get("feature_cache_dtype"))
+    numerics = Numerics(str(dtype).removeprefix("torch.") if dtype is not None else None, str((cfg.get("trainer") or {}).get("precision", "32-true")), _device_type(cfg.get("trainer") or {}))
+    setup = CacheSetup(FeatureCache(root), names, mode, dtype, numerics, {n: modalities[n].cfg for n in names})
     if mode == "require" and needs_towers_after(cfg):
         for name in names:
             if not config_fingerprint(modalities[name].cfg)["files"]:
