@@ -5,8 +5,8 @@
     python benchmarks/feature_cache.py --width 768 --patch 16 --batch-size 32 --items 256   # ViT-B/16-sized, GPU
 
 Stage ``align`` (encoder frozen, projector trains). The same batches (``--items`` images of the
-vision demo set) run as ``--steps`` cold steps then ``--steps`` warm steps, ``--rounds`` times,
-alternating. A cold step sees an empty snapshot (every item misses: encoder forward, entry
+vision demo set) run ``--rounds`` times ``--steps`` pairs of one cold and one warm step,
+alternating step by step (after one cold pass that warms up and fills the cache). A cold step sees an empty snapshot (every item misses: encoder forward, entry
 buffered); a warm step sees the filled cache (entries read and checksummed, no encoder call).
 Each step is the whole training step: resolve the cache, move to the device, forward, backward,
 optimizer step. The encoder's own time in cold steps is timed with forward hooks.
@@ -144,24 +144,24 @@ def main() -> None:
         return time.perf_counter() - t0
 
     model.train()
-    for b in batches[:2]:  # warm-up: kernels, allocator
-        store.snapshot(0)
+    store.snapshot(0)
+    for b in batches:  # warm-up (kernels, allocator) and the fill: every batch once, cold
         step(b)
-    store.pending.clear()
-    store.written.clear()
+    store.flush()
+    filled = time.time_ns()
     cold, warm, enc, warm_resolve = [], [], [], []
-    for _ in range(args.rounds):
-        store.snapshot(0)  # nothing committed before time 0: every item misses
+    for _ in range(args.rounds):  # cold and warm steps alternate, on the same batches
         for i in range(args.steps):
+            batch = batches[i % len(batches)]
+            store.snapshot(0)  # nothing committed before time 0: every item misses
             store.written.clear()
+            store.pending.clear()
             n_before = len(enc_times)
-            cold.append(step(batches[i % len(batches)]))
+            cold.append(step(batch))
             enc.append(sum(enc_times[n_before:]))
-        store.flush()
-        store.snapshot(time.time_ns())
-        for i in range(args.steps):
+            store.snapshot(filled)
             n_before = len(enc_times)
-            warm.append(step(batches[i % len(batches)]))
+            warm.append(step(batch))
             warm_resolve.append(resolve_times[-1])
             assert len(enc_times) == n_before, "a warm step ran the encoder"
     shards = store.shard_files()

@@ -180,12 +180,16 @@ class FeatureCache:
         self.shards = self.root / "shards"
         self.contexts = self.root / "contexts"
         self.rank = rank
-        self.index: dict[str, list[tuple[Path, str]]] = {}
+        self.index: dict[str, list[tuple[Path, str, str]]] = {}  # key -> (shard, name, checksum)
+        self._open: dict[Path, Any] = {}  # shard -> open safetensors handle (memory-mapped)
         self.cutoff_ns: int | None = None
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.written: set[str] = set()
         self.report = CacheReport()
         self._skipped_shards: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": {}}  # open handles stay in their process
 
     # -- snapshot
     def shard_files(self, cutoff_ns: int | None = None) -> list[Path]:
@@ -207,7 +211,8 @@ class FeatureCache:
         from safetensors import safe_open
 
         self.cutoff_ns = cutoff_ns
-        index: dict[str, list[tuple[Path, str]]] = {}
+        self._open.clear()
+        index: dict[str, list[tuple[Path, str, str]]] = {}
         for path in self.shard_files(cutoff_ns):
             try:
                 with safe_open(str(path), framework="pt") as f:
@@ -220,8 +225,8 @@ class FeatureCache:
                 continue
             if meta.get("format") != FORMAT:
                 continue
-            for key in json.loads(meta.get("checksums", "{}")):
-                index.setdefault(key, []).append((path, key))
+            for key, checksum in json.loads(meta.get("checksums", "{}")).items():
+                index.setdefault(key, []).append((path, key, checksum))
         self.index = index
         return len(index)
 
@@ -232,11 +237,12 @@ class FeatureCache:
         """An entry of the snapshot, checksum verified; ``None`` (and reported) when bad or absent."""
         from safetensors import safe_open
 
-        for path, name in self.index.get(key, ()):
+        for path, name, want in self.index.get(key, ()):
             try:
-                with safe_open(str(path), framework="pt") as f:
-                    want = json.loads(f.metadata()["checksums"])[name]
-                    features, mask = f.get_tensor(f"{name}.f"), f.get_tensor(f"{name}.m")
+                if path not in self._open:
+                    self._open[path] = safe_open(str(path), framework="pt")
+                f = self._open[path]
+                features, mask = f.get_tensor(f"{name}.f"), f.get_tensor(f"{name}.m")
             except Exception as exc:  # noqa: BLE001 - torn file: reported, recomputed
                 self._bad(key, path, f"unreadable ({type(exc).__name__})")
                 continue
