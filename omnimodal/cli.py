@@ -12,6 +12,8 @@ USAGE = """omnimodal <command> [...]
 
 commands:
   train [overrides]   train with Hydra overrides (no overrides: the offline demo)
+  cache build [overrides]
+                      fill data.feature_cache for every split (same overrides as train)
   eval RUN|MODEL      evaluate a saved run or model dir on its test file
   eval [RUN [RUN_B]] --task TASK.yaml [--endpoint URL --model NAME]
                       benchmark-style tasks (several --task), two runs compared, or a server
@@ -107,6 +109,24 @@ def cmd_train(overrides: list[str]) -> int:
     from omnimodal.train import main
 
     main()
+    return 0
+
+
+def cmd_cache(argv: list[str]) -> int:
+    """``omnimodal cache build [overrides]``: fill the feature cache with the run's frozen encoders."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "build":
+        print("usage: omnimodal cache build [overrides]   (the overrides `omnimodal train` takes, with "
+              "data.feature_cache=<dir>; see README, 'Feature cache')", file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from omegaconf import OmegaConf
+
+    from omnimodal.api import compose
+    from omnimodal.data.feature_cache import build_cache
+
+    check_overrides(argv[1:])
+    plain = OmegaConf.to_container(compose(argv[1:]), resolve=True)
+    plain.pop("hydra", None)
+    build_cache(plain, progress=bool(plain["trainer"].get("enable_progress_bar", True)))
     return 0
 
 
@@ -506,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             if not any(o.startswith(("-h", "--help", "--cfg", "--info", "-c", "--hydra-help")) for o in argv[1:]):
                 _check_install()
             return cmd_train(argv[1:])
+        if argv and argv[0] == "cache":
+            _check_install()
+            return cmd_cache(argv[1:])
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

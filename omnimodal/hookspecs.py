@@ -8,12 +8,16 @@ A plugin is a module (or object) registered under the ``omnimodal`` entry-point 
 
 and implements any of the hooks below with ``@omnimodal.hookimpl``. Hooks return or register
 *light specs* (names, part types, ``"module:Class"`` paths): listing plugins never imports
-torch. A plugin may declare ``OMNIMODAL_API_VERSION = 2`` at module level; a plugin built for
+torch. A plugin may declare ``OMNIMODAL_API_VERSION = 3`` at module level; a plugin built for
 an API version this omnimodal does not support is refused with a clear message.
 
 API versions:
 
-- **2** (this version): adds the ``omnimodal_export_formats`` hook (export formats come from
+- **3** (this version): adds the ``feature_cache`` field of
+  :class:`~omnimodal.specs.ModalitySpec` (default True: a frozen encoder's outputs may be
+  cached by ``data.feature_cache``; a plugin whose ``preprocess`` is random sets it False).
+  Additive: plugins declaring API 1 or 2 still load.
+- **2**: adds the ``omnimodal_export_formats`` hook (export formats come from
   plugins; the LLaVA export is the vision plugin's), the ``cli_flags`` / ``cli_help`` fields
   of :class:`~omnimodal.specs.ModalitySpec` (``omnimodal chat`` flags come from specs) and
   the modality contract checked by :mod:`omnimodal.testing`: ``encoder_length`` must be the
@@ -32,8 +36,8 @@ import pluggy
 from omnimodal.specs import DemoSpec, ExportSpec, ModalitySpec, ProjectorSpec
 
 PROJECT = "omnimodal"
-API_VERSION = 2
-SUPPORTED_API_VERSIONS = (1, 2)  # API 2 only added to API 1: plugins built for 1 still load
+API_VERSION = 3
+SUPPORTED_API_VERSIONS = (1, 2, 3)  # each version only added to the one before: older plugins still load
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

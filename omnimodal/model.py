@@ -160,8 +160,22 @@ class OmniModel(nn.Module):
 
     # ---- the splice ------------------------------------------------------------------
     def encode_media(self, name: str, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """encoder -> projector for one modality's batch: ``(tokens [N, M, d], mask [N, M])``."""
-        features, mask = self.encoders[name](**batch)
+        """encoder -> projector for one modality's batch: ``(tokens [N, M, d], mask [N, M])``.
+
+        A batch from a feature-cached modality (see :mod:`omnimodal.data.feature_cache`) carries
+        item keys instead of collated inputs: cached items skip the encoder.
+        """
+        from omnimodal.data.feature_cache import CACHE_KEY
+
+        if CACHE_KEY in batch:
+            cache = getattr(self, "feature_caches", {}).get(name)
+            if cache is None:
+                raise ConfigError(f"{name}: the batch carries feature-cache keys but the model has no feature cache attached")
+            param = next(iter(self.projectors[name].parameters()), None)
+            out_dtype = param.dtype if param is not None else torch.float32
+            features, mask = cache.encode(self.encoders[name], self.modalities[name].collate, batch, out_dtype)
+        else:
+            features, mask = self.encoders[name](**batch)
         return self.projectors[name](features, mask)
 
     def embed(self, input_ids: torch.Tensor, media: dict[str, dict[str, Any]] | None = None, sources: dict[str, list[str]] | None = None) -> torch.Tensor:

@@ -39,6 +39,9 @@ class ModalitySpec:
             (``("image",)`` gives ``--image``); each one (and ``name`` and ``part_type``) is
             also accepted as ``--part FLAG=VALUE``. Empty: ``--part`` only.
         cli_help: what a command-line value is (``"image file"``), shown in ``chat --help``.
+        feature_cache: whether a frozen encoder's outputs may be cached on disk
+            (``data.feature_cache``; API 3). Set it to False when ``preprocess`` is random
+            (augmentation): an item's features would then differ between epochs.
     """
 
     name: str
@@ -51,6 +54,7 @@ class ModalitySpec:
     description: str = ""
     cli_flags: tuple[str, ...] = ()
     cli_help: str = ""
+    feature_cache: bool = True
 
     def __post_init__(self) -> None:
         for attr in ("api_part_types", "requires", "cli_flags"):

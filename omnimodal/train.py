@@ -148,6 +148,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from omnimodal.data import feature_cache
     from omnimodal.data.dataset import training_texts
     from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
@@ -195,10 +196,16 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         tokenizer = build_tokenizer(cfg["decoder"], texts)
 
         def build() -> OmniModel:
+            if cache is not None:
+                return cache.build(model_cfg, tokenizer, modalities)
             return OmniModel.from_config(model_cfg, tokenizer=tokenizer, modalities=modalities)
 
+    cache = feature_cache.plan(cfg, modalities)
+    if cache is not None and isinstance(build, OmniModel):
+        cache.attach(build)
     placeholder_ids = add_placeholders(tokenizer, [m.placeholder for m in modalities.values()])
     dm = OmniDataModule({**cfg["data"], "seed": int(cfg.get("seed", 0))}, files, tokenizer, modalities, placeholder_ids)
+    dm.feature_cache = cache
     fsdp = "fsdp" in str(cfg["trainer"].get("strategy", "")).lower()
     module_cls = FSDPLightningModule if fsdp else OmniLightningModule
     trainer_cfg = dict(cfg["trainer"])
@@ -222,6 +229,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         LearningRateMonitor(logging_interval="step"),
         throughput,
         StartReport(),
+        *([cache.callback()] if cache is not None else []),
     ]
     # A resumed run logs beside the killed run's logs instead of overwriting them.
     resumes = len(list((out_dir / "logs").glob("resumed-*"))) + 1 if cfg.get("ckpt_path") else 0
@@ -252,6 +260,8 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     if trainer.global_rank != 0:
         return result
     print(throughput.describe(), flush=True)
+    if cache is not None:
+        result["feature_cache"] = _cache_summary(cache, model, cfg)
 
     records = dm.load_records()
     baseline = blind_baseline(records["train"])
@@ -305,6 +315,22 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
             f"`omnimodal eval {out_dir}` once the cause is fixed"
         )
     return result
+
+
+def _cache_summary(cache: Any, model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Report the feature cache (and the memory ``mode=require`` saved); rebuild skipped towers
+    so the saved model is whole."""
+    from omnimodal.data.feature_cache import needs_towers_after as feature_cache_needs_towers
+
+    print(cache.store.report.summary(), flush=True)
+    saved = cache.describe_saved()
+    if saved:
+        print(saved, flush=True)
+        if feature_cache_needs_towers(cfg):
+            cache.restore_towers(model)  # after training: save and evaluate a whole model
+    report = cache.store.report
+    return {"hits": report.hits, "misses": report.misses, "written": report.written, "bad": report.bad,
+            "towers_not_built": {n: i["parameters"] for n, i in cache.skipped_towers.items()}}
 
 
 @hydra.main(version_base="1.3", config_path=str(core_config_dir()), config_name="config")

@@ -55,7 +55,7 @@ def third_party(tmp_path):
     make_distribution(site, "omnimodal-broken", "omnimodal_broken", "raise ImportError('needs libfoo 2.0')\n", version="1.0")
     make_distribution(site, "omnimodal-lidar", "omnimodal_lidar", "import libfoo_that_is_missing\n", version="0.1", ep_name="lidar")
     make_distribution(
-        site, "omnimodal-future", "omnimodal_future", "OMNIMODAL_API_VERSION = 3\n", version="9.0"
+        site, "omnimodal-future", "omnimodal_future", "OMNIMODAL_API_VERSION = 4\n", version="9.0"
     )
     return site
 
@@ -84,7 +84,7 @@ def test_third_party_plugin_listed_broken_one_reported_others_still_load(third_p
     assert "modality pointcloud: part type 'points'" in text
     assert "omnimodal_broken  (omnimodal-broken 1.0)  [failed]" in text
     assert "ImportError: needs libfoo 2.0" in text
-    assert "[incompatible]" in text and "OMNIMODAL_API_VERSION=3" in text and "supports API 1, 2" in text
+    assert "[incompatible]" in text and "OMNIMODAL_API_VERSION=4" in text and "supports API 1, 2, 3" in text
     assert "modality vision" in text  # healthy plugins unaffected
 
 

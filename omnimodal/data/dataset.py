@@ -201,10 +201,11 @@ class ConversationDataset(torch.utils.data.Dataset):
 class Collator:
     """Pads token ids (right for training, left for generation) and batches media per modality."""
 
-    def __init__(self, modalities: dict[str, Modality], pad_id: int, padding_side: str = "right"):
+    def __init__(self, modalities: dict[str, Modality], pad_id: int, padding_side: str = "right", cached: frozenset[str] = frozenset()):
         self.modalities = modalities
         self.pad_id = pad_id
         self.padding_side = padding_side
+        self.cached = frozenset(cached)  # feature-cached modalities: item keys, not collated inputs
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         length = max(len(s["input_ids"]) for s in samples)
@@ -224,7 +225,7 @@ class Collator:
         for s in samples:  # items in sample order, then conversation order: the splice's order
             for item in s["items"]:
                 per_modality.setdefault(item.modality, []).append(item)
-        media = {name: self.modalities[name].collate([it.features for it in items]) for name, items in per_modality.items()}
+        media = {name: self.collate_media(name, items) for name, items in per_modality.items()}
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -240,6 +241,14 @@ class Collator:
             "events": _sum_events(s.get("events") or {} for s in samples),
             "skipped": [x for s in samples for x in s.get("skipped", ())],
         }
+
+    def collate_media(self, name: str, items: list[MediaItem]) -> dict[str, Any]:
+        """One modality's batch: collated features, or (feature-cached) keys and raw features."""
+        if name in self.cached:
+            from omnimodal.data.feature_cache import cached_media
+
+            return cached_media(name, items)
+        return self.modalities[name].collate([it.features for it in items])
 
 
 def _sum_events(dicts) -> dict[str, int]:

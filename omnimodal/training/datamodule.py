@@ -103,6 +103,7 @@ class OmniDataModule(L.LightningDataModule):
         self.records: dict[str, RecordSet] = {}
         self.part_types = {m.part_type: name for name, m in modalities.items()}
         self.on_error = self.cfg.get("on_error", "raise")
+        self.feature_cache = None  # a feature_cache.CacheSetup when data.feature_cache is set
         if self.on_error not in ("raise", "skip"):
             raise DataError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
@@ -131,6 +132,14 @@ class OmniDataModule(L.LightningDataModule):
         return ConversationDataset(records, self.tokenizer, self.modalities, self.placeholder_ids, self.cfg.get("max_length"), mode, self.on_error,
                                    on_truncate=self.cfg.get("on_truncate", "count"))
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Feature-cached modalities: read hits from the cache before the batch moves to the device."""
+        if self.feature_cache is not None and self.feature_cache.caches:
+            from omnimodal.data.feature_cache import resolve_batch
+
+            resolve_batch(batch, self.feature_cache.caches)
+        return batch
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count the records the data workers skipped (each once, with its reason)."""
         if isinstance(batch, dict):
@@ -150,7 +159,8 @@ class OmniDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochShuffleSampler(dataset, world, rank, int(self.cfg.get("seed", 0)), shuffle=shuffle)
-        collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side)
+        cached = self.feature_cache.active if self.feature_cache is not None else frozenset()
+        collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side, cached=cached)
         if self.cfg.get("packing", False):
             from omnimodal.data.packing import PackingCollator
 
