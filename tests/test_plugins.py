@@ -18,7 +18,11 @@ from omnimodal.specs import ModalitySpec
 from .conftest import PYTHON, cli_env
 
 THIRD_PARTY = Path(__file__).parent / "third_party"
-BUILTIN_MODALITY_PLUGINS = "vision,audio,molecule"
+# Every modality plugin omnimodal itself ships (its own entry points, except the core's).
+BUILTIN_MODALITY_PLUGINS = ",".join(sorted(
+    ep.name for ep in __import__("importlib.metadata").metadata.entry_points(group="omnimodal")
+    if ep.dist is not None and ep.dist.name == "omnimodal" and ep.name != "core"
+))
 
 
 def make_distribution(root, dist, module, body, conf_files=None, version="0.3.0", ep_name=None):
