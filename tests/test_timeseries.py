@@ -96,10 +96,9 @@ def test_bad_files_are_refused_naming_file_and_reason(tmp_path):
 def test_demo_is_deterministic_balanced_and_needs_the_signal(tmp_path):
     from collections import Counter
 
-    from omnimodal.evaluate import blind_answer, blind_baseline
-
     from omnimodal.data.dataset import answer_text
     from omnimodal.data.records import read_jsonl
+    from omnimodal.eval.heldout import blind_answer, blind_baseline
 
     sizes = {"train": 48, "val": 4, "test": 48}
     a, b = demo.build(tmp_path / "a", 0, sizes), demo.build(tmp_path / "b", 0, sizes)

@@ -11,7 +11,7 @@ from pathlib import Path
 from omnimodal.hookspecs import hookimpl
 from omnimodal.specs import DemoSpec, ModalitySpec, ProjectorSpec
 
-OMNIMODAL_API_VERSION = 2
+OMNIMODAL_API_VERSION = 3
 
 
 @hookimpl

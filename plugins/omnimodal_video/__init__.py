@@ -10,7 +10,7 @@ from pathlib import Path
 from omnimodal.hookspecs import hookimpl
 from omnimodal.specs import DemoSpec, ModalitySpec
 
-OMNIMODAL_API_VERSION = 1
+OMNIMODAL_API_VERSION = 3
 
 
 @hookimpl
