@@ -200,7 +200,9 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     ckpt_cfg = cfg.get("checkpoint") or {}
     throughput = ThroughputLogger()
     callbacks = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1 if files.get("val") else 0,
+        # save_top_k=1 also without validation: Lightning writes last.ckpt only at a step where
+        # it saved a top-k checkpoint, so top_k=0 would leave no checkpoint until training ends.
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1,
                         monitor="val/loss" if files.get("val") else None,
                         every_n_train_steps=ckpt_cfg.get("every_n_train_steps")),
         LearningRateMonitor(logging_interval="step"),

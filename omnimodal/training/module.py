@@ -136,6 +136,20 @@ class OmniLightningModule(L.LightningModule):
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise ConfigError(f"cannot resume: the model configuration changed since the checkpoint (differs in: {', '.join(diff)})")
 
+    def on_train_start(self) -> None:
+        """Undo Lightning's extra epoch count when resuming from an end-of-epoch checkpoint.
+
+        Under ``max_steps`` Lightning restarts such a checkpoint by replaying the finished epoch's
+        end (no batches), which counts the epoch as processed a second time. The count then
+        stays one ahead for the rest of the run: ``set_epoch`` hands every later epoch the next
+        epoch's data order, and ``max_epochs`` stops the run an epoch early. Without
+        ``max_steps`` Lightning does not replay, and this does nothing.
+        """
+        fit_loop = self.trainer.fit_loop
+        if fit_loop.restarted_on_epoch_end:
+            fit_loop.epoch_progress.current.processed -= 1
+            fit_loop.epoch_progress.total.processed -= 1
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.model is not None:
