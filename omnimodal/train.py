@@ -109,6 +109,70 @@ def load_init(cfg: dict[str, Any]):
     return model
 
 
+TOKENIZER_DIR = "tokenizer"
+
+
+def run_tokenizer(cfg: dict[str, Any], out_dir: Path, files: dict[str, list[Path]], modalities: dict[str, Any]):
+    """The run's tokenizer, placeholders included: built when the run starts and saved in
+    ``<run dir>/tokenizer``; a resumed run (``ckpt_path`` set) loads it from there instead of
+    building it again from whatever the data or the hub holds now."""
+    from transformers import AutoTokenizer
+
+    from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.records import SkipReport
+    from omnimodal.decoder import add_placeholders
+    from omnimodal.model import build_tokenizer
+    from omnimodal.training.datamodule import read_split
+
+    placeholders = [m.placeholder for m in modalities.values()]
+    target = out_dir / TOKENIZER_DIR
+    ckpt = cfg.get("ckpt_path")
+    source = None
+    if ckpt:  # the tokenizer of the run that wrote the checkpoint (<run dir>/checkpoints/x.ckpt)
+        ckpt_run = out_dir if ckpt == "last" else Path(ckpt).expanduser().resolve().parent.parent
+        if (ckpt_run / TOKENIZER_DIR).is_dir():
+            source = ckpt_run / TOKENIZER_DIR
+        else:
+            log.warning("%s: no saved tokenizer (a run from an older omnimodal): building it again; the resume "
+                        "is refused if it differs from the checkpoint's", ckpt_run / TOKENIZER_DIR)
+    if source is not None:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        texts = None
+        if cfg["decoder"].get("kind") == "scratch":
+            # The scratch tokenizer is trained on the training text (deterministic, so every rank agrees).
+            part_types = {m.part_type: n for n, m in modalities.items()}
+            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport())
+            texts = [question_text(r) for r in records] + [answer_text(r) for r in records]
+        tokenizer = build_tokenizer(cfg["decoder"], texts)
+    add_placeholders(tokenizer, placeholders)  # a no-op on a saved tokenizer of the same modalities
+    if _is_rank_zero() and (source is None or source.resolve() != target.resolve()):
+        _save_atomically(tokenizer, target)
+    return tokenizer
+
+
+def _is_rank_zero() -> bool:
+    """Rank 0, or no distributed launch yet (Lightning sets the rank variables of the ranks it starts)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _save_atomically(tokenizer, directory: Path) -> None:
+    """Write the tokenizer beside ``directory``, then swap it in (a kill never leaves half of one)."""
+    import shutil
+
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def no_cudnn_attention():
     """Keep PyTorch's scaled-dot-product attention off its cuDNN backend (GPU only), then restore.
@@ -141,14 +205,12 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from omnimodal.data.dataset import answer_text, question_text
-    from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError
     from omnimodal.evaluate import blind_baseline, evaluate, format_table
-    from omnimodal.model import OmniModel, build_modalities, build_tokenizer
+    from omnimodal.model import OmniModel, build_modalities
     from omnimodal.training.checkpoint import AtomicCheckpointIO
-    from omnimodal.training.datamodule import OmniDataModule, read_split
+    from omnimodal.training.datamodule import OmniDataModule
     from omnimodal.training.module import (
         FSDPLightningModule,
         OmniLightningModule,
@@ -156,6 +218,7 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         trained_model,
     )
     from omnimodal.training.plot import plot_losses
+    from omnimodal.training.signature import data_signature, tokenizer_hash
     from omnimodal.training.throughput import ThroughputLogger
 
     t0 = time.time()
@@ -172,13 +235,7 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         build = model
     else:
         modalities = build_modalities(cfg["modalities"])
-        texts = None
-        if cfg["decoder"].get("kind") == "scratch":
-            # The scratch tokenizer is trained on the training text (deterministic, so every rank agrees).
-            part_types = {m.part_type: n for n, m in modalities.items()}
-            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport())
-            texts = [question_text(r) for r in records] + [answer_text(r) for r in records]
-        tokenizer = build_tokenizer(cfg["decoder"], texts)
+        tokenizer = run_tokenizer(cfg, out_dir, files, modalities)
 
         def build() -> OmniModel:
             return OmniModel.from_config(model_cfg, tokenizer=tokenizer, modalities=modalities)
@@ -187,7 +244,8 @@ def _train(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     dm = OmniDataModule({**cfg["data"], "seed": int(cfg.get("seed", 0))}, files, tokenizer, modalities, placeholder_ids)
     fsdp = "fsdp" in str(cfg["trainer"].get("strategy", "")).lower()
     module_cls = FSDPLightningModule if fsdp else OmniLightningModule
-    module = module_cls(build, cfg["stage"], cfg["modalities"], model_signature(cfg))
+    signature = {**model_signature(cfg), "tokenizer": tokenizer_hash(tokenizer), **data_signature(files)}
+    module = module_cls(build, cfg["stage"], cfg["modalities"], signature)
 
     class StartReport(L.Callback):
         def on_fit_start(self, trainer, pl_module):
