@@ -475,3 +475,89 @@ def test_training_keeps_attention_off_cudnn_on_a_gpu_and_restores_it(monkeypatch
         assert torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_an_exhausted_epoch_state_resumes_at_the_next_epoch():
+    """A checkpoint on an epoch's last batch stores (epoch, position=end); Lightning then iterates
+    the restored iterator for the next epoch, which must give that epoch's order, not nothing."""
+    from omnimodal.training.datamodule import EpochShuffleSampler
+
+    data = list(range(13))
+    sampler = EpochShuffleSampler(data, 1, 0, seed=3)
+    it = iter(sampler)
+    assert sorted(it) == data
+    state = it.state_dict()
+    assert state == {"epoch": 0, "position": 13}
+    fresh = EpochShuffleSampler(data, 1, 0, seed=3)
+    again = iter(fresh)
+    again.load_state_dict(state)
+    assert list(again) == fresh.indices(1) != fresh.indices(0)
+
+
+def test_rng_state_continues_every_generator_including_numpys_cached_gaussian():
+    import random
+
+    import numpy as np
+
+    from omnimodal.training.rng import rng_state, set_rng_state
+
+    np.random.standard_normal()  # Box-Muller draws two: one is cached for the next call
+    state = rng_state()
+    assert state["numpy"][3] == 1  # the cached Gaussian is part of the state
+
+    def draws():
+        return (torch.rand(3).tolist(), torch.nn.functional.dropout(torch.ones(8), 0.5).tolist(),
+                random.random(), np.random.standard_normal(), np.random.rand())
+
+    first = draws()
+    set_rng_state(rng_state())  # restoring the current state changes nothing
+    set_rng_state(state)
+    assert draws() == first
+    # Plain containers and tensors: loadable with torch.load(weights_only=True).
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"rng": [state]}, buf)
+    buf.seek(0)
+    set_rng_state(torch.load(buf, weights_only=True)["rng"][0])
+    assert draws() == first
+
+
+def test_signature_changes_name_the_file_the_tokenizer_and_the_model_part(tmp_path):
+    from omnimodal.decoder import train_bpe_tokenizer
+    from omnimodal.training.signature import data_signature, signature_changes, tokenizer_hash
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"a": 1}\n')
+    tok = train_bpe_tokenizer(["red circle", "blue square"], 300)
+    before = {"decoder": "x", "modalities.vision": "v", "tokenizer": tokenizer_hash(tok), **data_signature({"train": [data]})}
+    assert signature_changes(before, dict(before)) == []
+    tok.save_pretrained(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    assert tokenizer_hash(AutoTokenizer.from_pretrained(tmp_path / "tok")) == before["tokenizer"]  # survives a save
+
+    data.write_text('{"a": 2}\n')
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text('{"a": 1}\n')
+    other = train_bpe_tokenizer(["green triangle"], 300)
+    after = {"decoder": "x", "modalities.vision": "w", "modalities.audio": "a", "tokenizer": tokenizer_hash(other),
+             **data_signature({"train": [data]})}
+    changes = "\n".join(signature_changes(before, after))
+    assert f"data.train: data file changed: {data.resolve()}" in changes
+    assert "tokenizer: a different vocabulary" in changes
+    assert "modalities.vision: the model configuration differs" in changes
+    assert "modalities.audio: not in the checkpoint" in changes
+    # The same content at another path is the same data; an older checkpoint without tokenizer
+    # and data entries is compared on what it has.
+    assert signature_changes(before, {**before, **data_signature({"train": [moved]})}) == []
+    assert signature_changes({"decoder": "x", "modalities.vision": "v"}, before) == []
+
+
+def test_exit_hook_refuses_a_malformed_value():
+    from omnimodal.training.checkpoint import _exit_point
+
+    assert _exit_point(None) is None
+    assert _exit_point("before_rename:12") == ("before_rename", 12)
+    with pytest.raises(ValueError, match="OMNIMODAL_TEST_EXIT_AT='after:3'"):
+        _exit_point("after:3")
