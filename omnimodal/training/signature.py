@@ -17,9 +17,13 @@ DATA_SPLITS = ("train", "val")
 
 def tokenizer_hash(tokenizer) -> str:
     """SHA-256 of what decides token ids: vocabulary, merges, added and special tokens, chat template."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    spec.pop("truncation", None)  # runtime settings, not the vocabulary
-    spec.pop("padding", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # runtime settings, not the vocabulary
+        spec.pop("padding", None)
+    else:  # a tokenizer without a `tokenizers` backend (e.g. SentencePiece): its vocabulary
+        spec = sorted(tokenizer.get_vocab().items())
     blob = json.dumps({"tokenizer": spec, "chat_template": tokenizer.chat_template,
                        "special": tokenizer.special_tokens_map}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
