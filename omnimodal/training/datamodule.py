@@ -95,7 +95,7 @@ class EpochShuffleSampler(DistributedSampler):
 
 
 def next_epoch(trainer) -> int:
-    """The epoch the trainer's fit loop runs next (0 without a trainer).
+    """The epoch the trainer's fit loop runs next (0 outside a running fit).
 
     Lightning creates the first iterator of a fit (fresh or resumed) before it calls the
     sampler's ``set_epoch``, so the sampler must already hold that epoch when it is built.
@@ -103,7 +103,9 @@ def next_epoch(trainer) -> int:
     a moment later: after a checkpoint taken at an epoch's end it is the next epoch, whereas
     ``trainer.current_epoch`` still names the finished one at that point.
     """
-    if trainer is None or getattr(trainer, "fit_loop", None) is None:
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    if trainer is None or getattr(trainer, "fit_loop", None) is None or trainer.state.status != TrainerStatus.RUNNING:
         return 0
     return int(trainer.fit_loop.epoch_progress.current.processed)
 
