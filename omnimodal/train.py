@@ -111,6 +111,71 @@ def load_init(cfg: dict[str, Any]):
     return model
 
 
+TOKENIZER_DIR = "tokenizer"
+
+
+def run_tokenizer(cfg: dict[str, Any], out_dir: Path, files: dict[str, list[Path]], modalities: dict[str, Any]):
+    """The run's tokenizer, placeholders included: built when the run starts and saved in
+    ``<run dir>/tokenizer``; a resumed run (``ckpt_path`` set) loads it from there instead of
+    building it again from whatever the data or the hub holds now."""
+    from transformers import AutoTokenizer
+
+    from omnimodal.data.dataset import training_texts
+    from omnimodal.data.records import SkipReport
+    from omnimodal.decoder import add_placeholders
+    from omnimodal.model import build_tokenizer
+    from omnimodal.training.datamodule import read_split
+
+    placeholders = [m.placeholder for m in modalities.values()]
+    target = out_dir / TOKENIZER_DIR
+    ckpt = cfg.get("ckpt_path")
+    source = None
+    if ckpt:  # the tokenizer of the run that wrote the checkpoint (<run dir>/checkpoints/x.ckpt)
+        ckpt_run = out_dir if ckpt == "last" else Path(ckpt).expanduser().resolve().parent.parent
+        if (ckpt_run / TOKENIZER_DIR).is_dir():
+            source = ckpt_run / TOKENIZER_DIR
+        else:
+            log.warning("%s: no saved tokenizer (a run from an older omnimodal): building it again; the resume "
+                        "is refused if it differs from the checkpoint's", ckpt_run / TOKENIZER_DIR)
+    if source is not None:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        texts = None
+        if cfg["decoder"].get("kind") == "scratch":
+            # The scratch tokenizer is trained on the training text (deterministic, so every rank agrees).
+            # Streamed from the lazily read records (the data module reuses the index).
+            part_types = {m.part_type: n for n, m in modalities.items()}
+            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport(), cfg["data"])
+            texts = training_texts(records)
+        tokenizer = build_tokenizer(cfg["decoder"], texts)
+    add_placeholders(tokenizer, placeholders)  # a no-op on a saved tokenizer of the same modalities
+    if _is_rank_zero() and (source is None or source.resolve() != target.resolve()):
+        _save_atomically(tokenizer, target)
+    return tokenizer
+
+
+def _is_rank_zero() -> bool:
+    """Rank 0, or no distributed launch yet (Lightning sets the rank variables of the ranks it starts)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _save_atomically(tokenizer, directory: Path) -> None:
+    """Write the tokenizer beside ``directory``, then swap it in (a kill never leaves half of one)."""
+    import shutil
+
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def no_cudnn_attention():
     """Keep PyTorch's scaled-dot-product attention off its cuDNN backend (GPU only), then restore.
@@ -149,14 +214,12 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from omnimodal.data import feature_cache
-    from omnimodal.data.dataset import training_texts
-    from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError, EvaluationError
     from omnimodal.eval.heldout import blind_baseline, evaluate, format_table
-    from omnimodal.model import OmniModel, build_modalities, build_tokenizer
+    from omnimodal.model import OmniModel, build_modalities
     from omnimodal.training.checkpoint import AtomicCheckpointIO
-    from omnimodal.training.datamodule import OmniDataModule, read_split
+    from omnimodal.training.datamodule import OmniDataModule
     from omnimodal.training.module import (
         FSDPLightningModule,
         OmniLightningModule,
@@ -164,6 +227,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         trained_model,
     )
     from omnimodal.training.plot import plot_losses
+    from omnimodal.training.signature import data_signature, tokenizer_hash
     from omnimodal.training.throughput import ThroughputLogger
 
     t0 = time.time()
@@ -186,14 +250,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         build = model
     else:
         modalities = build_modalities(cfg["modalities"])
-        texts = None
-        if cfg["decoder"].get("kind") == "scratch":
-            # The scratch tokenizer is trained on the training text (deterministic, so every rank
-            # agrees), streamed from the lazily read records (the data module reuses the index).
-            part_types = {m.part_type: n for n, m in modalities.items()}
-            records = read_split(files["train"], part_types, cfg["data"].get("on_error", "raise"), SkipReport(), cfg["data"])
-            texts = training_texts(records)
-        tokenizer = build_tokenizer(cfg["decoder"], texts)
+        tokenizer = run_tokenizer(cfg, out_dir, files, modalities)
 
         def build() -> OmniModel:
             if cache is not None:
@@ -210,7 +267,8 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     module_cls = FSDPLightningModule if fsdp else OmniLightningModule
     trainer_cfg = dict(cfg["trainer"])
     skip_nonfinite = bool(trainer_cfg.pop("skip_nonfinite", False))  # omnimodal's, not Lightning's
-    module = module_cls(build, cfg["stage"], cfg["modalities"], model_signature(cfg), skip_nonfinite=skip_nonfinite)
+    signature = {**model_signature(cfg), "tokenizer": tokenizer_hash(tokenizer), **data_signature(files)}
+    module = module_cls(build, cfg["stage"], cfg["modalities"], signature, skip_nonfinite=skip_nonfinite)
 
     class StartReport(L.Callback):
         def on_fit_start(self, trainer, pl_module):
@@ -223,7 +281,9 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     ckpt_cfg = cfg.get("checkpoint") or {}
     throughput = ThroughputLogger()
     callbacks = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1 if files.get("val") else 0,
+        # save_top_k=1 also without validation: Lightning writes last.ckpt only at a step where
+        # it saved a top-k checkpoint, so top_k=0 would leave no checkpoint until training ends.
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1,
                         monitor="val/loss" if files.get("val") else None,
                         every_n_train_steps=ckpt_cfg.get("every_n_train_steps")),
         LearningRateMonitor(logging_interval="step"),

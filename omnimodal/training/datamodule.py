@@ -60,9 +60,19 @@ class _EpochPermutation:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = self.sampler.epoch = int(state["epoch"])
+        # The sampler's own epoch is left alone: when this state is an exhausted epoch, the
+        # loader starts a fresh iterator at once, and that one must take the next epoch.
+        self.epoch = int(state["epoch"])
         self.order = self.sampler.indices(self.epoch)
         self.position = int(state["position"])
+        if self.position >= len(self.order):
+            # An exhausted epoch is the start of the next one. A checkpoint taken on an epoch's
+            # last batch holds such a state, and Lightning, which counts that epoch as done,
+            # iterates this very iterator for the next epoch: left exhausted, it would give
+            # that epoch no batches at all (the resumed run would skip an epoch).
+            self.epoch += 1
+            self.order = self.sampler.indices(self.epoch)
+            self.position = 0
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -87,6 +97,22 @@ class EpochShuffleSampler(DistributedSampler):
 
     def __iter__(self):
         return _EpochPermutation(self)
+
+
+def next_epoch(trainer) -> int:
+    """The epoch the trainer's fit loop runs next (0 outside a running fit).
+
+    Lightning creates the first iterator of a fit (fresh or resumed) before it calls the
+    sampler's ``set_epoch``, so the sampler must already hold that epoch when it is built.
+    ``epoch_progress.current.processed`` is exactly the value Lightning passes to ``set_epoch``
+    a moment later: after a checkpoint taken at an epoch's end it is the next epoch, whereas
+    ``trainer.current_epoch`` still names the finished one at that point.
+    """
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    if trainer is None or getattr(trainer, "fit_loop", None) is None or trainer.state.status != TrainerStatus.RUNNING:
+        return 0
+    return int(trainer.fit_loop.epoch_progress.current.processed)
 
 
 class OmniDataModule(L.LightningDataModule):
@@ -153,12 +179,15 @@ class OmniDataModule(L.LightningDataModule):
             self.val_set = self.dataset("val") if self.files.get("val") else None
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, padding_side: str = "right"):
+        import torch
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         workers = int(self.cfg.get("num_workers", 0))
+        seed = int(self.cfg.get("seed", 0))
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochShuffleSampler(dataset, world, rank, int(self.cfg.get("seed", 0)), shuffle=shuffle)
+        sampler = EpochShuffleSampler(dataset, world, rank, seed, shuffle=shuffle)
+        sampler.set_epoch(next_epoch(trainer))
         cached = self.feature_cache.active if self.feature_cache is not None else frozenset()
         collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side, cached=cached)
         if self.cfg.get("packing", False):
@@ -174,6 +203,10 @@ class OmniDataModule(L.LightningDataModule):
             num_workers=workers,
             collate_fn=collate,
             persistent_workers=workers > 0,
+            # Each new iterator draws its workers' base seed from this generator: with the
+            # default (the global one) a resumed run, which makes one more iterator than the
+            # straight run did, would shift every later dropout draw.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self):

@@ -114,49 +114,49 @@ class OmniLightningModule(L.LightningModule):
             apply_stage(self.model, self.stage, self.modality_cfgs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the RNG states (dropout, sampling) so a resumed run continues them exactly."""
-        import random
+        """Keep every rank's random generator states (dropout) so a resumed run continues them exactly."""
+        from omnimodal.training.rng import gather_rng_states
 
-        import numpy as np
-
-        checkpoint["omnimodal_rng"] = {
-            "torch": torch.get_rng_state(),
-            "python": list(random.getstate()[1]),
-            "python_version": random.getstate()[0],
-            "python_gauss": random.getstate()[2],
-            "numpy": np.random.get_state()[1].tolist(),
-            "numpy_pos": int(np.random.get_state()[2]),
-        }
+        checkpoint["omnimodal_rng_per_rank"] = gather_rng_states()  # a collective: every rank dumps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to resume into a model whose configuration changed; restore the RNG states."""
-        import random
-
-        import numpy as np
-
+        """Refuse to resume with another model, tokenizer or data; restore this rank's RNG states."""
         from omnimodal.errors import ConfigError
-
-        rng = checkpoint.get("omnimodal_rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
-            np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+        from omnimodal.training.rng import restore_rank_state
+        from omnimodal.training.signature import signature_changes
 
         saved = checkpoint.get("hyper_parameters", {}).get("model_signature")
         current = self.hparams.get("model_signature")
-        if saved and current and saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise ConfigError(f"cannot resume: the model configuration changed since the checkpoint (differs in: {', '.join(diff)})")
+        changes = signature_changes(saved or {}, current or {})
+        if changes:
+            raise ConfigError("cannot resume: changed since the checkpoint was written:\n  " + "\n  ".join(changes))
+        states = checkpoint.get("omnimodal_rng_per_rank")
+        if states:
+            trainer = self._trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            restore_rank_state(states, rank, world)
+
+    def on_train_start(self) -> None:
+        """Exact modes from the first step (also after a resume: Lightning calls no ``train()``),
+        and Lightning's extra epoch count undone when resuming from an end-of-epoch checkpoint.
+
+        Under ``max_steps`` Lightning restarts such a checkpoint by replaying the finished epoch's
+        end (no batches), which counts the epoch as processed a second time. The count then
+        stays one ahead for the rest of the run: ``set_epoch`` hands every later epoch the next
+        epoch's data order, and ``max_epochs`` stops the run an epoch early. Without
+        ``max_steps`` Lightning does not replay, and this does nothing.
+        """
+        self.train()
+        fit_loop = self.trainer.fit_loop
+        if fit_loop.restarted_on_epoch_end:
+            fit_loop.epoch_progress.current.processed -= 1
+            fit_loop.epoch_progress.total.processed -= 1
 
     def train(self, mode: bool = True):
         super().train(mode)
         if self.model is not None:
             self.model.train(mode)  # re-applies eval() to frozen parts
         return self
-
-    def on_train_start(self) -> None:
-        """Exact modes from the first step, also after a resume (Lightning calls no ``train()``)."""
-        self.train()
 
     def _step(self, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
         out = self.model(**batch, loss_reduction=reduction)
