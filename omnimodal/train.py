@@ -218,17 +218,15 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     from omnimodal.errors import ConfigError, EvaluationError
     from omnimodal.eval.heldout import blind_baseline, evaluate, format_table
     from omnimodal.model import OmniModel, build_modalities
-    from omnimodal.training.checkpoint import AtomicCheckpointIO
+    from omnimodal.training import kit
     from omnimodal.training.datamodule import OmniDataModule
     from omnimodal.training.module import (
         FSDPLightningModule,
         OmniLightningModule,
-        parameter_table,
         trained_model,
     )
     from omnimodal.training.plot import plot_losses
     from omnimodal.training.signature import data_signature, tokenizer_hash
-    from omnimodal.training.throughput import ThroughputLogger
 
     t0 = time.time()
     _quiet_logs()
@@ -270,16 +268,8 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     signature = {**model_signature(cfg), "tokenizer": tokenizer_hash(tokenizer), **data_signature(files)}
     module = module_cls(build, cfg["stage"], cfg["modalities"], signature, skip_nonfinite=skip_nonfinite)
 
-    class StartReport(L.Callback):
-        def on_fit_start(self, trainer, pl_module):
-            if grad_ckpt:
-                pl_module.model.decoder.gradient_checkpointing_enable()
-            pl_module.model.extra["data"] = {split: [str(Path(f).resolve()) for f in fs] for split, fs in files.items()}
-            if trainer.is_global_zero:
-                print("\n" + parameter_table(pl_module.model, cfg["stage"]) + "\n", flush=True)
-
     ckpt_cfg = cfg.get("checkpoint") or {}
-    throughput = ThroughputLogger()
+    start_report, throughput = kit.callbacks(files, cfg["stage"], gradient_checkpointing=grad_ckpt)
     callbacks = [
         # save_top_k=1 also without validation: Lightning writes last.ckpt only at a step where
         # it saved a top-k checkpoint, so top_k=0 would leave no checkpoint until training ends.
@@ -288,7 +278,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
                         every_n_train_steps=ckpt_cfg.get("every_n_train_steps")),
         LearningRateMonitor(logging_interval="step"),
         throughput,
-        StartReport(),
+        start_report,
         *([cache.callback()] if cache is not None else []),
     ]
     # A resumed run logs beside the killed run's logs instead of overwriting them.
@@ -299,7 +289,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out_dir, name="tensorboard", version=version))
     except ModuleNotFoundError:
         log.info("tensorboard not installed: CSV logs only")
-    trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], **trainer_cfg)
+    trainer = L.Trainer(default_root_dir=out_dir, callbacks=callbacks, logger=loggers, plugins=[kit.checkpoint_io()], **trainer_cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
@@ -395,12 +385,13 @@ def _cache_summary(cache: Any, model: Any, cfg: dict[str, Any]) -> dict[str, Any
 
 @hydra.main(version_base="1.3", config_path=str(core_config_dir()), config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: resolve the config to plain containers, then train."""
+    """Hydra entry point (``omnimodal train``): a thin layer over :func:`omnimodal.fit`."""
+    from omnimodal.api import fit
     from omnimodal.errors import EvaluationError, OmnimodalError
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
-        train(plain, run_dir())
+        fit(plain, output_dir=run_dir())
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_EVAL_FAILED)
