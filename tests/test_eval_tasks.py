@@ -260,3 +260,26 @@ def test_task_file_errors_name_the_file_and_key(tmp_path):
     path = write_task(tmp_path, "tmpl", [line("Which?", "A")], metric="exact_match", prompt="{question} {hint}")
     with pytest.raises(ConfigError, match=r"cannot be filled for .*tmpl.jsonl:1"):
         run(path, Scripted(lambda c: "A"))
+
+
+def test_task_data_in_the_other_training_formats_gives_the_same_numbers(tmp_path):
+    """LLaVA JSON and a Hugging Face dataset on disk, read by the training readers, extra
+    fields (``answers``, ``options``, ``answer``) kept."""
+    import datasets
+    import yaml
+    llava = [{"id": f"q{i}", "conversations": [{"from": "human", "value": last_text(r["messages"])}], "answers": r["answers"]}
+             for i, r in enumerate(VQA_ROWS)]
+    (tmp_path / "vqa.json").write_text(json.dumps(llava))
+    datasets.Dataset.from_list([{"messages": [{"role": "user", "content": last_text(r["messages"])}], "answers": r["answers"]}
+                                for r in VQA_ROWS]).save_to_disk(str(tmp_path / "vqa-hf"))
+    expected = run(write_task(tmp_path, "vqa", VQA_ROWS, metric="vqa_accuracy"), Scripted(lambda c: VQA_ANSWERS[last_text(c)]))
+    for data, fmt in (("vqa.json", "auto"), ("vqa.json", "llava"), ("vqa-hf", "auto")):
+        path = tmp_path / f"task-{fmt}-{data}.yaml"
+        path.write_text(yaml.safe_dump({"name": "vqa", "data": data, "format": fmt, "metric": "vqa_accuracy"}))
+        result = run(path, Scripted(lambda c: VQA_ANSWERS[last_text(c)]))
+        assert result["scores"]["score"] == expected["scores"]["score"], (data, fmt)
+        assert [i["score"] for i in result["items"]] == [i["score"] for i in expected["items"]]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "data": "vqa.json", "format": "csv", "metric": "vqa_accuracy"}))
+    with pytest.raises(ConfigError, match="format 'csv' is unknown"):
+        load_task(bad)

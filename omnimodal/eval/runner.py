@@ -377,7 +377,7 @@ def frequent_answers(task: Task, part_types: dict[str, str]) -> tuple[dict[str, 
     per_question: dict[str, Counter] = defaultdict(Counter)
     overall: Counter = Counter()
     for f in task.train:
-        for it in read_items(f, part_types, task.metric, options_required=False):
+        for it in read_items(f, part_types, task.metric, options_required=False, fmt=task.format):
             a = it.references[0]
             per_question[it.question][a] += 1
             overall[a] += 1
@@ -398,7 +398,7 @@ def run_task(task: Task, backend, options: RunOptions | None = None) -> dict[str
     from tqdm import tqdm
 
     options = options or RunOptions()
-    items = [it for f in task.data for it in read_items(f, backend.part_types, task.metric)]
+    items = [it for f in task.data for it in read_items(f, backend.part_types, task.metric, fmt=task.format)]
     if task.limit is not None:
         items = items[: int(task.limit)]
     seen: dict[str, str] = {}

@@ -3,7 +3,7 @@
 ```yaml
 name: shapes-mc                  # default: the file's stem
 data: test.jsonl                 # relative to this YAML; the training data format
-format: jsonl                    # the only reader today (see `read_items`)
+format: auto                     # any format training reads: auto | omnimodal (jsonl) | llava | messages | hf | parquet
 train: train.jsonl               # optional: gives the blind_frequent baseline
 metric: multiple_choice          # exact_match | vqa_accuracy | multiple_choice | numeric | yes_no
 prompt: "{question}\n{options}\nAnswer with the option's letter."
@@ -64,7 +64,7 @@ class Task:
     path: Path
     data: list[Path]
     metric: str
-    format: str = "jsonl"
+    format: str = "auto"
     train: list[Path] = field(default_factory=list)
     prompt: str = "{question}"
     answer_regex: str | None = None
@@ -122,9 +122,10 @@ def load_task(path: str | Path, overrides: dict[str, Any] | None = None) -> Task
             raise ConfigError(f"{path}: missing {key!r}")
     if raw["metric"] not in METRICS:
         raise ConfigError(f"{path}: metric {raw['metric']!r} is unknown; valid: {', '.join(METRICS)}")
-    fmt = raw.get("format", "jsonl")
-    if fmt != "jsonl":
-        raise ConfigError(f"{path}: format {fmt!r} is not supported yet (valid: jsonl)")
+    fmt = str(raw.get("format", "auto"))
+    valid_formats = ("auto", "jsonl", "omnimodal", "llava", "messages", "hf", "parquet")
+    if fmt not in valid_formats:
+        raise ConfigError(f"{path}: format {fmt!r} is unknown (valid: {', '.join(valid_formats)})")
 
     def files(value: Any, key: str) -> list[Path]:
         values = value if isinstance(value, list) else [value]
@@ -184,7 +185,18 @@ def _gold_index(obj: dict[str, Any], options: list[str], references: list[str], 
     raise DataError(f"{where}: 'answer' {answer!r} is neither a letter, an index nor the text of one of the {len(options)} options")
 
 
-def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int | None = None, options_required: bool = True) -> list[Item]:
+def _rows(path: Path, fmt: str, ctx, validate, open_file):
+    """``(raw row, file:line, media folder, validated messages)`` of each record, in any format
+    training reads (``auto`` detects it); the row keeps the task's extra fields."""
+    for source in open_file(path, fmt, ctx):
+        for i in range(len(source)):
+            where = source.where(i)
+            obj = source.rows.row(i)
+            raw, _kind = source.layout(obj, where, ctx)
+            yield (obj if isinstance(obj, dict) else {}), where, source.base_dir, validate(raw, where, ctx.part_types, require_answer=False)
+
+
+def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int | None = None, options_required: bool = True, fmt: str = "auto") -> list[Item]:
     """Read a task's JSONL data file into items (errors name ``file:line``).
 
     ``options_required=False`` (training files for blind_frequent) lets a multiple-choice
@@ -194,14 +206,15 @@ def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int |
     (the same validation as training); a ``data/formats`` reader yielding records with their
     extra fields would replace the ``json_lines`` loop.
     """
-    from omnimodal.data.records import json_lines, parse_record_line, validate_messages
+    from omnimodal.data.formats import open_file
+    from omnimodal.data.formats.source import ReadContext
+    from omnimodal.data.records import validate_messages
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise DataError(f"task data file not found: {path}")
+    ctx = ReadContext.for_part_types(part_types)
     items: list[Item] = []
-    for where, line in json_lines(Path(path)):
-        obj = parse_record_line(line, where)
-        messages = validate_messages(obj["messages"], where, part_types, require_answer=False)
+    for obj, where, base_dir, messages in _rows(Path(path), "omnimodal" if fmt == "jsonl" else fmt, ctx, validate_messages, open_file):
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
         if last_user is None:
             raise DataError(f"{where}: no user turn to ask")
@@ -224,8 +237,8 @@ def read_items(path: Path, part_types: dict[str, str], metric: str, limit: int |
         elif not refs:
             raise DataError(f"{where}: no reference answer (an assistant turn after the question, or 'answers')")
         question = "\n".join(p["text"] for p in prompt[-1]["content"] if p["type"] == "text")
-        extra = {k: v for k, v in obj.items() if k not in ("messages",)}
-        items.append(Item(str(obj.get("id", where)), where, Path(path).parent, prompt, question, refs, options, gold, obj.get("kind"), extra))
+        extra = {k: v for k, v in obj.items() if k not in ("messages", "conversations")}
+        items.append(Item(str(obj.get("id", where)), where, base_dir, prompt, question, refs, options, gold, obj.get("kind"), extra))
         if limit is not None and len(items) >= limit:
             break
     if not items:
@@ -276,7 +289,7 @@ def _answer_text(task: Task, item: Item) -> str:
 def shot_items(task: Task, part_types: dict[str, str]) -> list[Item]:
     """The few-shot examples as items (from the task's list or the first n of its file)."""
     if task.few_shot_file is not None:
-        return read_items(task.few_shot_file, part_types, task.metric, task.few_shot_n)
+        return read_items(task.few_shot_file, part_types, task.metric, task.few_shot_n, fmt=task.format)
     shots = []
     for i, s in enumerate(task.few_shot):
         options = s.get("options")
