@@ -430,3 +430,17 @@ def test_skip_mode_test_split_is_a_view_without_bad_records(tiny_model, vision_d
     test = dm.load_records()["test"]
     assert [r.source for r in test] == [f"{p}:1", f"{p}:3"]
     assert dm.report.total == 1 and f"{p}:2" in dm.report.summary()
+
+
+def test_resume_signature_hashes_a_dataset_directory(tmp_path):
+    """A saved dataset or a Parquet folder is a directory: its files' names and contents are hashed."""
+    from omnimodal.training.signature import data_signature, file_hash
+
+    d = tmp_path / "dataset"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.arrow").write_bytes(b"one")
+    (d / "sub" / "b.json").write_bytes(b"two")
+    before = file_hash(d)
+    assert before == file_hash(d) and data_signature({"train": [d]})["data.train"]
+    (d / "sub" / "b.json").write_bytes(b"three")
+    assert file_hash(d) != before
