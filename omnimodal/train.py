@@ -124,6 +124,7 @@ def run_tokenizer(cfg: dict[str, Any], out_dir: Path, files: dict[str, list[Path
     from omnimodal.data.records import SkipReport
     from omnimodal.decoder import add_placeholders
     from omnimodal.model import build_tokenizer
+    from omnimodal.templates import ChatFormat, set_chat_format
     from omnimodal.training.datamodule import read_split
 
     placeholders = [m.placeholder for m in modalities.values()]
@@ -139,6 +140,8 @@ def run_tokenizer(cfg: dict[str, Any], out_dir: Path, files: dict[str, list[Path
                         "is refused if it differs from the checkpoint's", ckpt_run / TOKENIZER_DIR)
     if source is not None:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if (source / CHAT_FORMAT_FILE).is_file():
+            set_chat_format(tokenizer, ChatFormat.from_dict(json.loads((source / CHAT_FORMAT_FILE).read_text())))
     else:
         texts = None
         if cfg["decoder"].get("kind") == "scratch":
@@ -161,13 +164,22 @@ def _is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+CHAT_FORMAT_FILE = "omnimodal_chat_format.json"
+
+
 def _save_atomically(tokenizer, directory: Path) -> None:
     """Write the tokenizer beside ``directory``, then swap it in (a kill never leaves half of one)."""
     import shutil
 
+    from omnimodal.templates import chat_format
+
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save_pretrained(tmp)
+    # The chat format (EOS list, template kwargs, the vocabulary size before omnimodal's tokens)
+    # travels on the tokenizer object, not in its files: without it a resumed run would see no
+    # new tokens and build a model without their trainable rows.
+    (tmp / CHAT_FORMAT_FILE).write_text(json.dumps(chat_format(tokenizer).to_dict()))
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
