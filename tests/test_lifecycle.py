@@ -561,3 +561,15 @@ def test_exit_hook_refuses_a_malformed_value():
     assert _exit_point("before_rename:12") == ("before_rename", 12)
     with pytest.raises(ValueError, match="OMNIMODAL_TEST_EXIT_AT='after:3'"):
         _exit_point("after:3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exit_at", ["after_write:8", "after_write:5"], ids=["mid-epoch", "epoch-end"])
+def test_killed_run_with_the_feature_cache_resumes_exactly(tmp_path, train40, exit_at):
+    """stage=align with data.feature_cache: epoch 1 reads the entries written at the end of
+    epoch 0; the resumed run must read the same snapshot and end bitwise equal."""
+    extra = ["stage=align", *EVERY_STEP]
+    run_train(tmp_path / "s", train40, *MATRIX, *extra, f"data.feature_cache={tmp_path / 'cache-s'}")
+    log = kill_and_resume(tmp_path / "r", exit_at, train40, *extra, f"data.feature_cache={tmp_path / 'cache-r'}")
+    assert "feature cache" in log.lower()
+    assert_same_weights(_final_weights(tmp_path / "s"), tmp_path / "r")
