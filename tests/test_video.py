@@ -13,7 +13,9 @@ import torch
 
 from omnimodal.errors import ConfigError, MediaError
 
-av = pytest.importorskip("av")
+from ._require import require  # noqa: E402
+
+av = require("av", "video")
 
 from omnimodal_video import decode  # noqa: E402
 from omnimodal_video.sampling import Sampling, sample_indices, uniform_indices  # noqa: E402
