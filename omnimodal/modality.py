@@ -114,6 +114,15 @@ class Modality:
 
         return projector_num_tokens(self.cfg.get("projector") or {"kind": "mlp"}, length)
 
+    def estimate_tokens(self, raw: Any) -> int | None:
+        """The pseudo-token count of a raw item (what :meth:`item_from_part` returns) from what
+        is cheap to know without loading it (config, a file header, the string), or ``None``.
+
+        Used only to order conversations by length (``data.group_by_length``), never to size
+        anything: the real count is :meth:`prepare`'s. Default: ``None`` (unknown; counted as 0).
+        """
+        return None
+
     def count(self, key: str, n: int = 1) -> None:
         """Count an event worth reporting at the end of a run (e.g. clips cut to max duration)."""
         self.counters[key] = self.counters.get(key, 0) + n

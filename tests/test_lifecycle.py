@@ -111,6 +111,23 @@ def test_killed_mid_epoch_with_dropout_resumes_exactly(tmp_path, train40, straig
     assert_same_weights(want, tmp_path / "r")
 
 
+GROUPED = ["data.group_by_length=true", "data.group_window=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    pytest.param(GROUPED, id="grouping"),
+    pytest.param([*GROUPED, "data.packing=true"], id="grouping+packing"),
+])
+def test_killed_mid_epoch_with_length_grouping_resumes_exactly(tmp_path, train40, straight, extra):
+    """data.group_by_length: the batch order is rebuilt from (seed, epoch) and the loader's
+    position, so a run killed mid-epoch continues with the very next grouped batch."""
+    want = straight(*extra)
+    log = kill_and_resume(tmp_path / "r", "after_write:8", train40, *extra, *EVERY_STEP)
+    assert "group_by_length: estimated the lengths of 40 conversations" in log
+    assert_same_weights(want, tmp_path / "r")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("exit_at", "extra"), [
     pytest.param("after_write:6", EVERY_STEP, id="first-batch-of-epoch"),

@@ -5,6 +5,7 @@ travel back with the batch and are counted here, in the main process."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,38 @@ class EpochShuffleSampler(DistributedSampler):
         return _EpochPermutation(self)
 
 
+class LengthGroupedSampler(EpochShuffleSampler):
+    """``data.group_by_length``: this rank's indices in length-grouped batch order
+    (:func:`~omnimodal.data.grouping.grouped_steps`), a pure function of (seed, epoch).
+
+    The loader must cut batches of ``batch_size`` from it (``drop_last=False``): each rank's
+    stream is its share of each global step, so the cuts fall on step boundaries. Resume is the
+    base class's: the loader's state is (epoch, position) and the order is rebuilt from them.
+    Still a ``DistributedSampler``, so Lightning neither replaces nor wraps it under DDP.
+    """
+
+    def __init__(self, dataset, lengths, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, window: int = 50):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, shuffle=True)
+        if len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} samples")
+        self.lengths = [int(x) for x in lengths]
+        self.batch_size = int(batch_size)
+        self.window = int(window)
+
+    def indices(self, epoch: int) -> list[int]:
+        from omnimodal.data.grouping import grouped_steps, rank_indices
+
+        steps = grouped_steps(self.lengths, self.batch_size, self.seed, epoch, self.num_replicas, self.window)
+        return rank_indices(steps, self.rank, self.num_replicas)
+
+
+def batches_per_epoch(samples: int, batch_size: int, world: int) -> int:
+    """Batches each rank loads per epoch: its ``ceil(samples / world)`` indices (the sampler pads
+    the last ones) in batches of ``batch_size``, the last one possibly short. The same with
+    ``data.group_by_length`` and ``data.packing`` (a batch is ``batch_size`` conversations)."""
+    return math.ceil(math.ceil(samples / world) / batch_size)
+
+
 def next_epoch(trainer) -> int:
     """The epoch the trainer's fit loop runs next (0 outside a running fit).
 
@@ -186,7 +219,11 @@ class OmniDataModule(L.LightningDataModule):
         seed = int(self.cfg.get("seed", 0))
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochShuffleSampler(dataset, world, rank, seed, shuffle=shuffle)
+        if shuffle and self.cfg.get("group_by_length", False):
+            sampler = LengthGroupedSampler(dataset, self.lengths(dataset), batch_size, world, rank, seed,
+                                           window=int(self.cfg.get("group_window", 50)))
+        else:
+            sampler = EpochShuffleSampler(dataset, world, rank, seed, shuffle=shuffle)
         sampler.set_epoch(next_epoch(trainer))
         cached = self.feature_cache.active if self.feature_cache is not None else frozenset()
         collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side, cached=cached)
@@ -208,6 +245,18 @@ class OmniDataModule(L.LightningDataModule):
             # straight run did, would shift every later dropout draw.
             generator=torch.Generator().manual_seed(seed),
         )
+
+    def lengths(self, dataset: ConversationDataset):
+        """The dataset's length estimates (:mod:`omnimodal.data.lengths`), computed once."""
+        if getattr(dataset, "length_estimates", None) is None:
+            from omnimodal.data.lengths import estimate_lengths
+
+            dataset.length_estimates = estimate_lengths(dataset)
+        return dataset.length_estimates
+
+    def train_batches(self, world_size: int) -> int:
+        """Training batches per rank and epoch (what the train loader yields)."""
+        return batches_per_epoch(len(self.train_set), int(self.cfg.get("batch_size", 32)), world_size)
 
     def train_dataloader(self):
         return self._loader(self.train_set, int(self.cfg.get("batch_size", 32)), shuffle=True)

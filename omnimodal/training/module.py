@@ -262,18 +262,22 @@ class OmniLightningModule(L.LightningModule):
         position, so a resumed run would replay the epoch from its start.
         """
         trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.max_steps
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         dm = trainer.datamodule
         n = len(dm.train_set) if dm is not None and hasattr(dm, "train_set") else 0
         if not n or trainer.max_epochs is None or trainer.max_epochs < 0:
-            return max(1, int(trainer.estimated_stepping_batches))
-        batches = math.ceil(math.ceil(n / int(dm.cfg.get("batch_size", 32))) / trainer.world_size)
+            return max_steps or max(1, int(trainer.estimated_stepping_batches))
+        # The loader's own count (one function with the sampler's arithmetic): length grouping and
+        # packing change which conversations share a batch, never how many batches there are.
+        batches = dm.train_batches(trainer.world_size) if hasattr(dm, "train_batches") else \
+            math.ceil(math.ceil(n / int(dm.cfg.get("batch_size", 32))) / trainer.world_size)
         if isinstance(trainer.limit_train_batches, int):
             batches = min(batches, trainer.limit_train_batches)
         elif trainer.limit_train_batches is not None:
             batches = int(batches * trainer.limit_train_batches)
-        return max(1, math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs)
+        by_epochs = max(1, math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs)
+        # Whichever limit binds first ends the run (max_steps above the epochs' steps never comes).
+        return min(max_steps, by_epochs) if max_steps else by_epochs
 
     def configure_optimizers(self):
         groups = parameter_groups(self.model, float(self.stage.get("weight_decay", 0.0)), self.stage)

@@ -174,6 +174,28 @@ class AudioModality(Modality):
             return whisper_output_length(frames, self.whisper_window())
         return conv_output_length(frames, int(self.cfg["encoder"].get("conv_layers", 2)))
 
+    def estimate_tokens(self, raw: Any) -> int | None:
+        """Conv encoder: the count from the clip's length in its file header (``soundfile.info``,
+        nothing decoded), cut as :meth:`load` cuts it. Whisper, arrays, unreadable headers: ``None``."""
+        if self.is_whisper or not isinstance(raw, (str, Path, bytes, bytearray)):
+            return None
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(raw) if isinstance(raw, (str, Path)) else io.BytesIO(bytes(raw)))
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError):
+            return None  # a bad clip is reported when it is loaded
+        if info.samplerate <= 0:
+            return None
+        samples = int(math.ceil(info.frames * self.sample_rate / info.samplerate))
+        limit, _ = self.max_samples()
+        if limit is not None:
+            samples = min(samples, limit)
+        from omnimodal_audio.encoders import conv_output_length
+
+        frames = max(1, samples // self.hop_length)
+        return self.num_tokens(conv_output_length(frames, int(self.cfg["encoder"].get("conv_layers", 2))))
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad log-mels to the longest: ``{"input_features": [N, n_mels, T], "lengths": [N]}``.
 

@@ -124,6 +124,23 @@ class MoleculeModality(Modality):
         """The number of atoms (node-level features, one per atom)."""
         return int(features["graph"].num_nodes)
 
+    def estimate_tokens(self, raw: Any) -> int | None:
+        """A SMILES string: its atoms as parsed without sanitising (up to ``max_atoms``). MOL
+        blocks, files and unparsable strings: ``None``."""
+        from omnimodal_molecule.chem import MolBlock
+
+        if not isinstance(raw, str) or isinstance(raw, MolBlock) or "M  END" in raw:
+            return None
+        from rdkit import Chem
+
+        from omnimodal_molecule.chem import _rdkit_log
+
+        with _rdkit_log():  # RDKit's complaint is captured: an unparsable string is reported when loaded
+            mol = Chem.MolFromSmiles(raw.strip(), sanitize=False)
+        if mol is None:
+            return None
+        return self.num_tokens(min(mol.GetNumAtoms(), int(self.cfg["max_atoms"])))
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """``Batch.from_data_list`` -> plain tensors ``x, edge_index, edge_attr, batch, num_atoms``."""
         import torch

@@ -128,6 +128,13 @@ class VisionModality(Modality):
             return vit_length(int(self.cfg.get("image_size", 64)), int(enc.get("patch_size", 16)), enc.get("features", "patch"))
         return int(tower_lengths(self.tower_config(), enc.get("features", "patch"), features.get("spatial_shapes"))[0])
 
+    def estimate_tokens(self, raw: Any) -> int | None:
+        """A ViT sees every image resized to ``image_size``: one count for all. A pretrained
+        tower's count may depend on the image (SigLIP2): not estimated (``None``)."""
+        if self.cfg["encoder"]["kind"] != "vit":
+            return None
+        return self.num_tokens(self.encoder_length({}))
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack pixels; variable-resolution (SigLIP2) patches are padded, with their mask and grid."""
         if "spatial_shapes" not in items[0]:
