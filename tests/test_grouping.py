@@ -109,14 +109,16 @@ def _tiny_train(model, vision_demo, **data):
     return OmniDataModule(cfg, files, model.tokenizer, model.modalities, model.placeholder_ids)
 
 
-@pytest.mark.parametrize(("data", "accumulate"), [
-    pytest.param({"group_by_length": True}, 1, id="grouping"),
-    pytest.param({"packing": True}, 1, id="packing"),
-    pytest.param({"group_by_length": True, "packing": True}, 2, id="grouping+packing-accumulate2"),
+@pytest.mark.parametrize(("data", "accumulate", "max_steps"), [
+    pytest.param({"group_by_length": True}, 1, -1, id="grouping"),
+    pytest.param({"packing": True}, 1, -1, id="packing"),
+    pytest.param({"group_by_length": True, "packing": True}, 2, -1, id="grouping+packing-accumulate2"),
+    pytest.param({"group_by_length": True}, 1, 100, id="grouping-max_steps-beyond-the-epochs"),
 ])
-def test_the_schedule_ends_exactly_on_the_last_optimizer_step(vision_demo, data, accumulate):
+def test_the_schedule_ends_exactly_on_the_last_optimizer_step(vision_demo, data, accumulate, max_steps):
     """20 conversations in batches of 8: 3 batches an epoch (the last one short), 2 epochs. The
-    schedule's total must be the steps the run takes, so the cosine reaches 0 on the last one."""
+    schedule's total must be the steps the run takes, so the cosine reaches 0 on the last one
+    (also when a ``max_steps`` beyond the epochs' steps never binds)."""
     model = build_tiny_model(vision_demo)
     L.seed_everything(0)
     dm = _tiny_train(model, vision_demo, **data)
@@ -127,7 +129,7 @@ def test_the_schedule_ends_exactly_on_the_last_optimizer_step(vision_demo, data,
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(len(batch["sources"]))
 
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                         accumulate_grad_batches=accumulate, callbacks=[Count()])
     trainer.fit(module, datamodule=dm)
