@@ -110,10 +110,9 @@ def _tiny_train(model, vision_demo, **data):
 
 
 @pytest.mark.parametrize(("data", "accumulate", "max_steps"), [
-    pytest.param({"group_by_length": True}, 1, -1, id="grouping"),
     pytest.param({"packing": True}, 1, -1, id="packing"),
     pytest.param({"group_by_length": True, "packing": True}, 2, -1, id="grouping+packing-accumulate2"),
-    pytest.param({"group_by_length": True}, 1, 100, id="grouping-max_steps-beyond-the-epochs"),
+    pytest.param({"group_by_length": True}, 1, 100, id="grouping-with-max_steps-beyond-the-epochs"),
 ])
 def test_the_schedule_ends_exactly_on_the_last_optimizer_step(vision_demo, data, accumulate, max_steps):
     """20 conversations in batches of 8: 3 batches an epoch (the last one short), 2 epochs. The

@@ -115,13 +115,10 @@ GROUPED = ["data.group_by_length=true", "data.group_window=2"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [
-    pytest.param(GROUPED, id="grouping"),
-    pytest.param([*GROUPED, "data.packing=true"], id="grouping+packing"),
-])
-def test_killed_mid_epoch_with_length_grouping_resumes_exactly(tmp_path, train40, straight, extra):
-    """data.group_by_length: the batch order is rebuilt from (seed, epoch) and the loader's
-    position, so a run killed mid-epoch continues with the very next grouped batch."""
+def test_killed_mid_epoch_with_length_grouping_and_packing_resumes_exactly(tmp_path, train40, straight):
+    """data.group_by_length (with packing): the batch order is rebuilt from (seed, epoch) and the
+    loader's position, so a run killed mid-epoch continues with the very next grouped batch."""
+    extra = [*GROUPED, "data.packing=true"]
     want = straight(*extra)
     log = kill_and_resume(tmp_path / "r", "after_write:8", train40, *extra, *EVERY_STEP)
     assert "group_by_length: estimated the lengths of 40 conversations" in log
