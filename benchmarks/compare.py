@@ -15,8 +15,16 @@ rounds:
     chat template) with the same number of workers;
 (c) start-up: a fresh process that trains one step, ``omnimodal train`` vs the plain script.
 
-Columns: samples/s, non-pad tokens/s, ratio (omnimodal / plain; > 1 is faster), overhead (time
-outside forward, backward and optimizer step, as a share of the step), padding share, peak RSS.
+Columns: samples/s, non-pad tokens/s, ratio (omnimodal / plain; > 1 is faster), overhead (the
+share of the epoch's wall time spent outside the model's forward, the backward and the
+optimizer's update: data waits, the framework's hooks and logging, a gradient pass; timed the
+same way on both sides; the model step (a) is all forward/backward/update, so "-"), padding
+share, peak RSS.
+
+Before/after of a change to omnimodal: run this same script over another checkout's package,
+e.g. ``PYTHONPATH=<base>:<base>/plugins python benchmarks/compare.py`` with ``<base>`` a
+``git archive`` of the older commit (the script copes with an omnimodal whose collator has no
+splice indices).
 """
 
 from __future__ import annotations
@@ -106,16 +114,27 @@ def optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
 
 
+def training_collator(model):
+    """The collator ``omnimodal train`` uses: with the splice's precomputed indices (an older
+    omnimodal, measured for a before/after, has no ``placeholder_ids`` argument: mask splice)."""
+    from omnimodal.data.dataset import Collator
+
+    try:
+        return Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
+    except TypeError:
+        return Collator(model.modalities, model.tokenizer.pad_token_id)
+
+
 # ---- (a) model step ----------------------------------------------------------------------------
 
 def model_step(parts: dict[str, Any], batch_size: int, rounds: int, steps: int) -> dict[str, dict[str, float]]:
-    from omnimodal.data.dataset import Collator, ConversationDataset
+    from omnimodal.data.dataset import ConversationDataset
     from omnimodal.data.records import read_jsonl
 
     base = parts["model"]
     recs = list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:batch_size]
     ds = ConversationDataset(recs, base.tokenizer, base.modalities, base.placeholder_ids, 512)
-    batch = Collator(base.modalities, base.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    batch = training_collator(base)([ds[i] for i in range(len(ds))])
     omni = copy.deepcopy(base)
     freeze_vision(omni)
     omni.train()
@@ -153,7 +172,7 @@ def model_step(parts: dict[str, Any], batch_size: int, rounds: int, steps: int) 
     real = int(batch["attention_mask"].sum())
     pad = 1 - real / batch["input_ids"].numel()
     return {side: {"s_per_step": statistics.median(t), "samples_s": n / statistics.median(t), "tokens_s": real / statistics.median(t),
-                   "padding": pad, "overhead": 0.0} for side, t in times.items()}
+                   "padding": pad} for side, t in times.items()}
 
 
 # ---- (b) whole training path ---------------------------------------------------------------------
@@ -221,18 +240,45 @@ def whole_path(parts: dict[str, Any], batch_size: int, workers: int, rounds: int
     proc = CLIPImageProcessor.from_pretrained(parts["clip_dir"])
 
     class Timer(L.Callback):
+        """Sums the model's forward, the backward and the optimizer's update (the compute the plain
+        loop times too); everything else in the epoch is the framework's overhead."""
+
         def __init__(self):
             self.inner = 0.0
             self.samples = self.tokens = self.padded = 0
 
+        def on_train_start(self, trainer, module):
+            model = module.model
+            forward = model.forward
+
+            def timed_forward(*args, **kwargs):  # OmniModel.forward: encoders, splice, decoder, loss
+                s = time.perf_counter()
+                try:
+                    return forward(*args, **kwargs)
+                finally:
+                    self.inner += time.perf_counter() - s
+
+            model.forward = timed_forward
+            hook = module.on_before_optimizer_step
+
+            def closure_done(optimizer):  # the last thing before the optimizer's update
+                hook(optimizer)
+                self.closure_end = time.perf_counter()
+
+            module.on_before_optimizer_step = closure_done
+            for opt in trainer.optimizers:
+                opt.register_step_post_hook(lambda *_: setattr(self, "inner", self.inner + time.perf_counter() - self.closure_end))
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.t = time.perf_counter()
             self.samples += batch["input_ids"].shape[0]
             self.tokens += int(batch["attention_mask"].sum())
             self.padded += batch["input_ids"].numel()
 
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.inner += time.perf_counter() - self.t
+        def on_before_backward(self, trainer, module, loss):
+            self.backward_start = time.perf_counter()
+
+        def on_after_backward(self, trainer, module):
+            self.inner += time.perf_counter() - self.backward_start
 
     def omnimodal_epoch() -> dict[str, float]:
         model = copy.deepcopy(base)
@@ -261,8 +307,8 @@ def whole_path(parts: dict[str, Any], batch_size: int, workers: int, rounds: int
             loss = llava(**batch).loss
             loss.backward()
             opt.step()
-            opt.zero_grad(set_to_none=True)
             inner += time.perf_counter() - s
+            opt.zero_grad(set_to_none=True)
             samples += batch["input_ids"].shape[0]
             tokens += int(batch["attention_mask"].sum())
             padded += batch["input_ids"].numel()
@@ -308,12 +354,12 @@ def startup(parts: dict[str, Any], root: Path, rounds: int) -> dict[str, float]:
     export_llava(model, root / "llava")
     script = root / "plain_step.py"
     script.write_text(PLAIN_STARTUP)
-    from omnimodal.data.dataset import Collator, ConversationDataset
+    from omnimodal.data.dataset import ConversationDataset
     from omnimodal.data.records import read_jsonl
 
     recs = list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:4]
     ds = ConversationDataset(recs, model.tokenizer, model.modalities, model.placeholder_ids, 512)
-    b = Collator(model.modalities, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    b = training_collator(model)([ds[i] for i in range(len(ds))])
     torch.save({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "labels": b["labels"],
                 "pixel_values": b["media"]["vision"]["pixel_values"]}, root / "batch.pt")
     cmds = {
@@ -342,7 +388,8 @@ def table(title: str, res: dict[str, dict[str, float]]) -> None:
     print(f"{'':<10} {'samples/s':>10} {'tokens/s':>10} {'overhead':>9} {'padding':>8} {'peak RSS MB':>12}")
     for side, row in res.items():
         rss = f"{row['peak_rss_mb']:>12.0f}" if "peak_rss_mb" in row else f"{'-':>12}"
-        print(f"{side:<10} {row['samples_s']:>10.1f} {row['tokens_s']:>10.0f} {row['overhead']:>9.1%} {row['padding']:>8.1%} {rss}")
+        overhead = f"{row['overhead']:>9.1%}" if "overhead" in row else f"{'-':>9}"
+        print(f"{side:<10} {row['samples_s']:>10.1f} {row['tokens_s']:>10.0f} {overhead} {row['padding']:>8.1%} {rss}")
     print(f"{'ratio':<10} {o['samples_s'] / p['samples_s']:>9.2f}x {o['tokens_s'] / p['tokens_s']:>9.2f}x")
 
 
@@ -365,6 +412,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="omnimodal-compare-"))
     parts = build_parts(root, args.records, args.image_size)
     freeze_vision(parts["model"])
+    import omnimodal
+
+    print(f"omnimodal from {Path(omnimodal.__file__).parent}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch_size}, "
           f"{args.records} records, {args.workers} worker(s), median of {args.rounds} alternating rounds")
     if "step" not in args.skip:

@@ -16,6 +16,8 @@ The contract (checked for every registered modality by :func:`omnimodal.testing.
   the defaults resolved in ``__init__``. Anything else a saved model needs to rebuild itself
   (a pretrained tower's architecture, its processor) goes to ``save_assets``.
 - An item encodes the same alone or in a padded batch of items of other sizes.
+- Encoder + projector give each item its ``num_tokens`` valid pseudo-tokens *first* in its row
+  (padding after them): the training splice takes row ``i``'s first ``num_tokens`` tokens by index.
 - A bad item raises :class:`~omnimodal.errors.DataError` (or ``MediaError``) naming ``source``.
 """
 

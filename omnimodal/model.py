@@ -141,6 +141,7 @@ class OmniModel(nn.Module):
         self.new_tokens: nn.Module | None = None
         self.frozen: set[str] = set()
         self.extra: dict[str, Any] = {}
+        self._splice_checked: set[str] = set()  # modalities whose projector mask matched the declared counts once
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
@@ -178,10 +179,23 @@ class OmniModel(nn.Module):
             features, mask = self.encoders[name](**batch)
         return self.projectors[name](features, mask)
 
-    def embed(self, input_ids: torch.Tensor, media: dict[str, dict[str, Any]] | None = None, sources: dict[str, list[str]] | None = None) -> torch.Tensor:
-        """Text embeddings with each modality's pseudo-tokens scattered into its placeholder slots."""
+    def embed(self, input_ids: torch.Tensor, media: dict[str, dict[str, Any]] | None = None, sources: dict[str, list[str]] | None = None,
+              splice: dict[str, dict[str, Any]] | None = None) -> torch.Tensor:
+        """Text embeddings with each modality's pseudo-tokens scattered into its placeholder slots.
+
+        With ``splice`` (the collator's indices, see :func:`omnimodal.data.dataset.splice_index`)
+        the pseudo-tokens are gathered and scattered by index: no data-dependent shape and no
+        read of a device value, so no host-device sync per step. Without it (a batch built by
+        hand, generation) the placeholder mask is computed here and checked against the
+        projector's mask.
+        """
         media = media or {}
+        unknown = set(media) - set(self.modality_token)
+        if unknown:
+            raise SpliceError(f"batch has media for modalities this model lacks: {sorted(unknown)}")
         embeds = self.decoder.get_input_embeddings()(input_ids)
+        if splice is not None:
+            return self._splice_indexed(embeds, media, splice, sources)
         for name, token_id in self.modality_token.items():
             slots = input_ids == token_id
             n_slots = int(slots.sum())
@@ -194,10 +208,43 @@ class OmniModel(nn.Module):
             if flat.shape[0] != n_slots:
                 raise SpliceError(self._mismatch(name, input_ids, slots, mask, sources))
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat.to(embeds.dtype))
-        unknown = set(media) - set(self.modality_token)
-        if unknown:
-            raise SpliceError(f"batch has media for modalities this model lacks: {sorted(unknown)}")
         return embeds
+
+    def _splice_indexed(self, embeds: torch.Tensor, media: dict[str, dict[str, Any]], splice: dict[str, dict[str, Any]], sources: dict[str, list[str]] | None) -> torch.Tensor:
+        """The splice by the collator's indices: ``index_select`` from the pseudo-tokens,
+        ``index_copy`` into the flat embeddings (the same values and gradients as the mask path).
+
+        Checks that need no device read run every time (item count, longest item vs the
+        projector's width); the projector's mask is compared with the declared counts once per
+        modality (one sync, the first time), since the plugin contract
+        (:func:`omnimodal.testing.check_modality`) asks for valid tokens first in each row.
+        """
+        b, length, d = embeds.shape
+        flat = embeds.reshape(b * length, d)
+        for name in self.modality_token:
+            index = splice.get(name)
+            if name not in media:
+                if index is not None and index["slots"].numel():
+                    raise SpliceError(f"{index['slots'].numel()} {self.modalities[name].placeholder} placeholder(s) but no {name} items in the batch")
+                continue
+            counts = index["tokens"] if index is not None else []
+            tokens, mask = self.encode_media(name, media[name])
+            n, m = tokens.shape[:2]
+            if index is None or n != len(counts) or max(counts, default=0) > m:
+                where = f" Items: {sources[name]}." if sources and name in sources else ""
+                raise SpliceError(f"{name}: the batch's splice index covers {len(counts)} item(s) (pseudo-tokens per item: {counts}) "
+                                  f"but the projector gave {n} item(s) of at most {m} pseudo-tokens.{where}")
+            if name not in self._splice_checked:
+                expected = torch.arange(m)[None, :] < torch.tensor(counts)[:, None]
+                if not torch.equal(mask.detach().cpu(), expected):
+                    where = f" Items: {sources[name]}." if sources and name in sources else ""
+                    raise SpliceError(f"{name}: the projector's mask does not hold the declared pseudo-tokens first in each row "
+                                      f"(declared per item: {counts}; valid per item: {mask.sum(1).tolist()}).{where}")
+                self._splice_checked.add(name)
+            gather = index["item"].to(tokens.device, non_blocking=True) * m + index["pos"].to(tokens.device, non_blocking=True)
+            source = tokens.reshape(n * m, d).index_select(0, gather)
+            flat = flat.index_copy(0, index["slots"].to(flat.device, non_blocking=True), source.to(flat.dtype))
+        return flat.view(b, length, d)
 
     def _mismatch(self, name, input_ids, slots, mask, sources) -> str:
         per_sample = slots.sum(1).tolist()
@@ -208,7 +255,8 @@ class OmniModel(nn.Module):
             f"{int(mask.sum())} pseudo-tokens from {len(per_item)} item(s) (per item: {per_item}).{where}"
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, loss_reduction: str = "mean", segment_ids: torch.Tensor | None = None, **_: Any):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, loss_reduction: str = "mean", segment_ids: torch.Tensor | None = None,
+                splice: dict[str, dict[str, Any]] | None = None, **_: Any):
         """Loss and logits of the decoder on text + spliced pseudo-tokens (HF output object).
 
         ``loss_reduction="sum"`` returns the summed token loss (training divides it by the label
@@ -216,7 +264,7 @@ class OmniModel(nn.Module):
         ``segment_ids`` (packed rows, see :mod:`omnimodal.data.packing`) replace the attention
         mask by a block-diagonal causal 4-D mask, so packed conversations never see each other.
         """
-        embeds = self.embed(input_ids, media, media_sources)
+        embeds = self.embed(input_ids, media, media_sources, splice)
         if segment_ids is not None:
             from omnimodal.data.packing import block_causal_mask
 

@@ -1,5 +1,8 @@
 """Projectors map encoder features to pseudo-tokens: ``(features, mask) -> (tokens, mask)``.
 
+The output mask holds each item's valid tokens first in its row (a prefix, then padding), as
+the encoder masks do: the splice gathers an item's first ``num_tokens`` tokens by index.
+
 Each kind also answers ``num_tokens(length, **options)`` without running, so the data side
 can plan sequence lengths. Kinds are registered through the ``omnimodal_register_projectors``
 hook (the built-in ones by :mod:`omnimodal.builtin`).

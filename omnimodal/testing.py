@@ -19,10 +19,12 @@ item and the step on failure:
    ``num_tokens`` from the projector without creating any weight (no encoder is built);
    ``prepare`` and ``build_encoder`` leave the config as it was;
 2. each item alone through encoder + projector: the encoder emits exactly ``length`` valid
-   positions and the projector exactly ``num_tokens``; masks are boolean, shaped like the
-   features, and all values at valid positions are finite;
+   positions and the projector exactly ``num_tokens``, first in its row (the splice takes each
+   item's first ``num_tokens`` pseudo-tokens); masks are boolean, shaped like the features,
+   and all values at valid positions are finite;
 3. all items in one padded, mixed-size batch give the same valid tokens as alone;
-4. the pseudo-tokens splice into a decoder's placeholders with no mismatch;
+4. the pseudo-tokens splice into a decoder's placeholders with no mismatch, by the placeholder
+   mask and by the collator's indices (the training path) alike;
 5. ``save_pretrained`` -> ``from_pretrained``: the saved config is the modality's config as
    resolved, items prepare the same, and encoder + projector give the same outputs;
 6. bad items (the modality's :meth:`~omnimodal.modality.Modality.bad_items`, an unsupported
@@ -188,11 +190,15 @@ def check_modality(
     input_ids = torch.full((1, sum(report.num_tokens) + 2), token_id)
     input_ids[0, 0] = input_ids[0, -1] = model.tokenizer.pad_token_id or 0
     batch = modality.collate([it.features for it in items])
+    from omnimodal.data.dataset import splice_index
+
     with torch.no_grad():
         try:
-            model.embed(input_ids, {name: batch})
+            by_mask = model.embed(input_ids, {name: batch})
+            by_index = model.embed(input_ids, {name: batch}, splice=splice_index(input_ids, {name: report.num_tokens}, {name: token_id}))
         except OmnimodalError as exc:
             raise ContractError(f"{name}: splicing {sum(report.num_tokens)} pseudo-tokens failed: {exc}") from exc
+    _expect(torch.equal(by_mask, by_index), name, "splice", "the training splice (by the collator's indices) places other values than the placeholder-mask splice")
     report.checks.append("splice")
 
     # 5. save -> load: the same config, items and outputs
@@ -291,6 +297,8 @@ def _encode(model, name: str, items: list, out_dim: int, d_model: int, where: st
     _expect(tmask.dtype == torch.bool and tuple(tokens.shape[:2]) == tuple(tmask.shape) and tokens.shape[-1] == d_model, name, "projector output", f"{where}: tokens {tuple(tokens.shape)}, mask {tuple(tmask.shape)} {tmask.dtype}, decoder width {d_model}")
     declared = [it.num_tokens for it in items]
     _expect(tmask.sum(1).tolist() == declared, name, "token count", f"{where}: encoder + projector emit {tmask.sum(1).tolist()} pseudo-tokens, the data side declared {declared} ({[it.source for it in items]})")
+    first = torch.arange(tmask.shape[1])[None, :] < torch.tensor(declared)[:, None]
+    _expect(torch.equal(tmask.cpu(), first), name, "projector mask", f"{where}: valid pseudo-tokens must come first in each row (the splice takes an item's first num_tokens rows); the mask is {tmask.int().tolist()}")
     _expect(bool(torch.isfinite(tokens[tmask]).all()), name, "projector output", f"{where}: non-finite pseudo-tokens")
     return features, mask, tokens, tmask
 

@@ -51,7 +51,8 @@ class _GradProbe(OmniLightningModule):
 def _loader(model, records, batch_size):
     ds = ConversationDataset(records, model.tokenizer, model.modalities, model.placeholder_ids, 256)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
-                                       collate_fn=Collator(model.modalities, model.tokenizer.pad_token_id))
+                                       collate_fn=Collator(model.modalities, model.tokenizer.pad_token_id,
+                                                          placeholder_ids=model.placeholder_ids))
 
 
 def _trainer(accumulate: int = 1, steps: int = 1) -> L.Trainer:
@@ -71,11 +72,16 @@ def _close(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max() / (b[k].abs().max() + 1e-12)) for k in b)
 
 
-def test_accumulation_4x4_gives_the_gradients_of_one_batch_of_16(tiny_model, vision_demo):
+def test_accumulation_4x4_gives_the_gradients_of_one_batch_of_16(tiny_model, vision_demo, monkeypatch):
     torch.manual_seed(0)
     records = _records(vision_demo)
+    passes = []  # gradient passes: none without accumulation (the loss is divided in the step)
+    real_mul = torch._foreach_mul_
+    monkeypatch.setattr(torch, "_foreach_mul_", lambda *a, **k: (passes.append(len(a[0])), real_mul(*a, **k))[1])
     big = _grads(tiny_model, records, 16, 1)
+    assert passes == []
     accumulated = _grads(tiny_model, records, 4, 4)
+    assert len(passes) == 1
     assert set(big) == set(accumulated) and len(big) > 10
     assert _close(accumulated, big) < 1e-4
 

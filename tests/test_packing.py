@@ -80,7 +80,7 @@ def test_packed_rows_match_unpacked_losses_and_gradients(model_and_records):
     model, records = model_and_records
     assert {"vision", "audio", "molecule"} <= set(model.modalities)
     samples = _samples(model, records)
-    base = Collator(model.modalities, model.tokenizer.pad_token_id)
+    base = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)  # as training collates
     packed = PackingCollator(base, max_length=max(len(s["input_ids"]) for s in samples) + 40)(samples)
     assert packed["input_ids"].shape[0] < len(samples), "several conversations must share a row"
     assert any(len(set(row.tolist()) - {0}) >= 3 for row in packed["segment_ids"])

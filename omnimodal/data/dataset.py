@@ -15,7 +15,7 @@ import torch
 
 from omnimodal.data.chat import IGNORE_INDEX, EncodedText, encode
 from omnimodal.data.records import Record, reason_key
-from omnimodal.errors import ConfigError, DataError, OmnimodalError, SampleTooLongError
+from omnimodal.errors import ConfigError, DataError, OmnimodalError, SampleTooLongError, SpliceError
 from omnimodal.modality import MediaItem, Modality
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,23 @@ class ConversationDataset(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Pads token ids (right for training, left for generation) and batches media per modality."""
+    """Pads token ids (right for training, left for generation) and batches media per modality.
 
-    def __init__(self, modalities: dict[str, Modality], pad_id: int, padding_side: str = "right", cached: frozenset[str] = frozenset()):
+    Given ``placeholder_ids`` (placeholder string -> token id, as the dataset has them), it also
+    checks each sample's placeholder count against its items' pseudo-token counts (a
+    :class:`~omnimodal.errors.SpliceError` naming the sample and its items) and puts the splice's
+    gather/scatter indices in the batch (``batch["splice"]``, see :func:`splice_index`), so the
+    model splices without a host-device sync.
+    """
+
+    def __init__(self, modalities: dict[str, Modality], pad_id: int, padding_side: str = "right", cached: frozenset[str] = frozenset(),
+                 placeholder_ids: dict[str, int] | None = None):
         self.modalities = modalities
         self.pad_id = pad_id
         self.padding_side = padding_side
         self.cached = frozenset(cached)  # feature-cached modalities: item keys, not collated inputs
+        ids = placeholder_ids or {}
+        self.token_ids = {name: ids[m.placeholder] for name, m in modalities.items() if m.placeholder in ids}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         length = max(len(s["input_ids"]) for s in samples)
@@ -226,13 +236,14 @@ class Collator:
             for item in s["items"]:
                 per_modality.setdefault(item.modality, []).append(item)
         media = {name: self.collate_media(name, items) for name, items in per_modality.items()}
-        return {
+        media_tokens = {name: [it.num_tokens for it in items] for name, items in per_modality.items()}
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention,
             "labels": labels,
             "position_ids": position_ids,
             "media": media,
-            "media_tokens": {name: [it.num_tokens for it in items] for name, items in per_modality.items()},
+            "media_tokens": media_tokens,
             "media_sources": {name: [it.source for it in items] for name, items in per_modality.items()},
             "index": torch.tensor([s["index"] for s in samples]),
             "sources": [s["source"] for s in samples],
@@ -241,6 +252,10 @@ class Collator:
             "events": _sum_events(s.get("events") or {} for s in samples),
             "skipped": [x for s in samples for x in s.get("skipped", ())],
         }
+        if self.token_ids:
+            check_placeholders(samples, input_ids, self.token_ids)
+            batch["splice"] = splice_index(input_ids, media_tokens, self.token_ids)
+        return batch
 
     def collate_media(self, name: str, items: list[MediaItem]) -> dict[str, Any]:
         """One modality's batch: collated features, or (feature-cached) keys and raw features."""
@@ -249,6 +264,47 @@ class Collator:
 
             return cached_media(name, items)
         return self.modalities[name].collate([it.features for it in items])
+
+
+def check_placeholders(samples: list[dict[str, Any]], input_ids: torch.Tensor, token_ids: dict[str, int]) -> None:
+    """Each sample (row ``i`` of ``input_ids``) holds exactly as many placeholders of each modality
+    as its items give pseudo-tokens; else a :class:`SpliceError` naming the sample and its items."""
+    for name, token_id in token_ids.items():
+        found = (input_ids == token_id).sum(1).tolist()
+        for row, s in enumerate(samples):
+            items = [it for it in s["items"] if it.modality == name]
+            want = sum(it.num_tokens for it in items)
+            if found[row] != want:
+                listed = ", ".join(f"{it.source} ({it.num_tokens})" for it in items) or "none"
+                raise SpliceError(
+                    f"{s.get('source', f'sample {row}')}: {found[row]} {name} placeholder tokens but its {name} items "
+                    f"give {want} pseudo-tokens (items: {listed})"
+                )
+
+
+def splice_index(input_ids: torch.Tensor, media_tokens: dict[str, list[int]], token_ids: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Where each modality's pseudo-tokens go, computed on the CPU from the final token ids.
+
+    Per modality: ``slots`` (flat positions in ``input_ids.view(-1)``, row-major: the order of
+    the items) and, for the k-th slot, the ``item`` and the position ``pos`` within that item's
+    pseudo-tokens; the model gathers ``tokens.view(-1, d)[item * M + pos]`` (``M`` known from the
+    projector's output shape) and scatters it into ``slots``. ``tokens`` keeps the per-item
+    counts (plain ints, for the model's checks that need no device read).
+    """
+    flat = input_ids.reshape(-1)
+    out: dict[str, dict[str, Any]] = {}
+    for name, counts in media_tokens.items():
+        if name not in token_ids:
+            continue
+        slots = (flat == token_ids[name]).nonzero().squeeze(1)
+        per_item = torch.tensor(counts, dtype=torch.long)
+        total = int(per_item.sum())
+        if slots.numel() != total:
+            raise SpliceError(f"{name}: {slots.numel()} placeholder tokens in the batch but {total} pseudo-tokens from {len(counts)} item(s) (per item: {counts})")
+        starts = torch.cumsum(per_item, 0) - per_item
+        item = torch.repeat_interleave(torch.arange(len(counts)), per_item)
+        out[name] = {"slots": slots, "item": item, "pos": torch.arange(total) - starts[item], "tokens": list(counts)}
+    return out
 
 
 def _sum_events(dicts) -> dict[str, int]:

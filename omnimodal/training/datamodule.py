@@ -226,7 +226,7 @@ class OmniDataModule(L.LightningDataModule):
             sampler = EpochShuffleSampler(dataset, world, rank, seed, shuffle=shuffle)
         sampler.set_epoch(next_epoch(trainer))
         cached = self.feature_cache.active if self.feature_cache is not None else frozenset()
-        collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side, cached=cached)
+        collate = Collator(self.modalities, self.tokenizer.pad_token_id, padding_side, cached=cached, placeholder_ids=self.placeholder_ids)
         if self.cfg.get("packing", False):
             from omnimodal.data.packing import PackingCollator
 

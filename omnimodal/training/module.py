@@ -183,31 +183,42 @@ class OmniLightningModule(L.LightningModule):
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        """The summed token loss of this micro-batch; the step's gradient is divided later.
+        """This micro-batch's loss, so that the step's gradient is the mean over its label tokens.
 
         The loss of an optimizer step is the sum of the token losses of all its label tokens
-        divided by their count, across accumulated micro-batches and DDP ranks (see
-        :meth:`on_before_optimizer_step`), so long and short answers weigh the same wherever
-        they land: accumulation 4 x batch 4 gives the gradients of batch 16.
+        divided by their count, across accumulated micro-batches and DDP ranks, so long and
+        short answers weigh the same wherever they land: accumulation 4 x batch 4 gives the
+        gradients of batch 16. Without accumulation the step's token count is known here (all
+        ranks' counts summed): the summed loss is divided by it (times the world size, since DDP
+        averages gradients) and the gradients need no pass. With accumulation the summed loss is
+        returned and :meth:`on_before_optimizer_step` divides the gradients.
         """
         if self.current_epoch == 0:  # one pass over the data: report each item's events once
             for key, n in (batch.get("events") or {}).items():
                 self.data_events[key] = self.data_events.get(key, 0) + n
         loss_sum = self._step(batch, reduction="sum")
         tokens = label_token_count(batch["labels"])
-        if not self._all_finite(loss_sum):
+        whole_step = self.trainer.accumulate_grad_batches == 1
+        finite, step_tokens = self._finite_and_tokens(loss_sum, tokens if whole_step else None)
+        if not finite:
             return self._nonfinite(batch, batch_idx, loss_sum)
-        self._window_tokens = self._window_tokens.to(tokens.device) + tokens.detach()
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss_sum.detach() / tokens.clamp(min=1), prog_bar=True, batch_size=n)
+        if whole_step:
+            return loss_sum * (self.trainer.world_size / step_tokens.clamp(min=1)).to(loss_sum.dtype)
+        self._window_tokens = self._window_tokens.to(tokens.device) + tokens.detach()
         return loss_sum
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Is the loss finite on every rank? (All ranks must agree to skip or stop together.)"""
-        bad = (~torch.isfinite(loss.detach())).float()
+    def _finite_and_tokens(self, loss: torch.Tensor, tokens: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
+        """Is the loss finite on every rank (all ranks must agree to skip or stop together), and
+        the label tokens summed over ranks (float64: exact) when ``tokens`` is given; one
+        all-reduce for both under DDP."""
+        bad = (~torch.isfinite(loss.detach())).to(torch.float64)
+        total = tokens.to(torch.float64) if tokens is not None else None
         if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
-        return not bool(bad)
+            both = self.trainer.strategy.reduce(torch.stack([bad, total if total is not None else torch.zeros_like(bad)]), reduce_op="sum")
+            bad, total = both[0], (both[1] if total is not None else None)
+        return not bool(bad), total
 
     def _nonfinite(self, batch: dict[str, Any], batch_idx: int, loss: torch.Tensor) -> None:
         """Stop naming the batch's records, or (``trainer.skip_nonfinite``) skip the whole step."""
@@ -226,28 +237,44 @@ class OmniLightningModule(L.LightningModule):
         return None
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Divide the accumulated gradients by the label tokens of the whole optimizer step.
+        """Drop a step holding a non-finite loss; under accumulation, divide the gradients by the
+        label tokens of the whole optimizer step.
 
-        Each micro-batch returned its *summed* token loss; Lightning divided it by
+        A dropped step has every gradient set to None, so the optimizer changes nothing. Under
+        accumulation each micro-batch returned its *summed* token loss; Lightning divided it by
         ``accumulate_grad_batches`` and DDP averaged over ranks, so multiplying by
         ``accumulate * world_size / tokens`` (tokens all-reduced over ranks) leaves
-        sum(token losses) / tokens. A step holding a non-finite loss is dropped: every gradient
-        is set to None, so the optimizer changes nothing.
+        sum(token losses) / tokens. Without accumulation :meth:`training_step` already divided
+        the loss and nothing here touches the gradients.
         """
-        tokens, bad = self._window_tokens, self._window_bad
-        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        bad = self._window_bad
         self._window_bad = False
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if bad:
-            for p in params:
-                p.grad = None
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
             self.log("train/skipped_nonfinite", float(len(self.nonfinite_skipped)), batch_size=1)
             return
+        accumulate = self.trainer.accumulate_grad_batches
+        if accumulate == 1:
+            return
+        tokens = self._window_tokens
+        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
         if self.trainer.world_size > 1:
             tokens = self.trainer.strategy.reduce(tokens.to(self.device), reduce_op="sum")
-        scale = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / tokens.clamp(min=1).to(torch.float32)
-        if params:
-            torch._foreach_mul_([p.grad for p in params], scale.to(params[0].grad.device))
+        grads = [p.grad for p in self._trainable(optimizer) if p.grad is not None]
+        if grads:
+            scale = (accumulate * self.trainer.world_size) / tokens.clamp(min=1).to(torch.float32)
+            torch._foreach_mul_(grads, scale.to(grads[0].device))
+
+    def _trainable(self, optimizer) -> list[torch.nn.Parameter]:
+        """The optimizer's parameters, listed once per optimizer (not rebuilt every step)."""
+        cached = getattr(self, "_trainable_cache", None)
+        if cached is None or cached[0] is not optimizer or cached[1] != len(optimizer.param_groups):
+            cached = (optimizer, len(optimizer.param_groups), [p for group in optimizer.param_groups for p in group["params"]])
+            self._trainable_cache = cached
+        return cached[2]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch)

@@ -1,0 +1,172 @@
+"""No waste on the hot path: the training splice goes by the collator's indices (no host-device
+sync, the same values and gradients as the placeholder-mask splice), and without gradient
+accumulation the token-weighted loss needs no pass over the gradients."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from omnimodal.data.dataset import Collator
+from omnimodal.data.packing import PackingCollator
+from omnimodal.errors import SpliceError
+
+from . import test_packing
+from .test_packing import _samples
+
+model_and_records = test_packing.model_and_records  # the fixture: vision, audio and molecule records
+
+# Ops whose output shape depends on tensor values, or that read a tensor value to the host:
+# each is a host-device sync on an accelerator.
+SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::masked_scatter",
+            "aten::equal", "aten::is_nonzero", "aten::unique", "aten::_unique2", "aten::item"}
+
+
+class SyncOps(TorchDispatchMode):
+    """Records every op dispatched inside the block that syncs on an accelerator (see SYNC_OPS),
+    and boolean-mask indexing (``x[mask]``: a data-dependent shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        bool_index = name.startswith("aten::index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for a in args if isinstance(a, (list, tuple)) for i in a)
+        if name in SYNC_OPS or bool_index:
+            self.seen.append(name + (" (bool mask)" if bool_index else ""))
+        return func(*args, **(kwargs or {}))
+
+
+def _batches(model, records, pack: bool):
+    """The same samples through the training collator (indices) and a plain one (mask path)."""
+    samples = _samples(model, records)
+    indexed = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
+    plain = Collator(model.modalities, model.tokenizer.pad_token_id)
+    if pack:
+        longest = max(len(s["input_ids"]) for s in samples)
+        indexed, plain = PackingCollator(indexed, longest + 40), PackingCollator(plain, longest + 40)
+    return indexed(samples), plain(samples)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_indexed_splice_gives_the_mask_splices_embeddings_losses_and_gradients_bitwise(model_and_records, pack):
+    model, records = model_and_records
+    fast, slow = _batches(model, records, pack)
+    assert "splice" in fast and "splice" not in slow
+    assert {"vision", "audio", "molecule"} <= set(fast["splice"])  # several modalities in the rows
+    if pack:
+        assert fast["input_ids"].shape[0] < len(records)
+    for key in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(fast[key], slow[key])
+
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    assert torch.equal(a.embed(fast["input_ids"], fast["media"], splice=fast["splice"]), b.embed(slow["input_ids"], slow["media"]))
+    loss_a, loss_b = a(**fast, loss_reduction="sum").loss, b(**slow, loss_reduction="sum").loss
+    assert torch.equal(loss_a, loss_b)
+    loss_a.backward()
+    loss_b.backward()
+    grads = [(n, pa.grad, pb.grad) for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()) if pb.grad is not None]
+    assert any(n.startswith("projectors.audio") for n, _, _ in grads) and any(n.startswith("encoders.molecule") for n, _, _ in grads)
+    for name, ga, gb in grads:
+        assert torch.equal(ga, gb), name
+
+
+def test_indexed_splice_reads_no_device_value(model_and_records):
+    """Every op of the splice itself (encoder and projector outputs given) is recorded: after the
+    one-time mask check per modality, none syncs. The mask path trips the same recorder
+    (negative control: the recorder sees what it looks for)."""
+    model, records = model_and_records
+    fast, slow = _batches(model, records, pack=True)
+    with torch.no_grad():
+        outputs = {name: model.encode_media(name, media) for name, media in fast["media"].items()}
+        model._splice_checked.clear()
+        model.encode_media = lambda name, media: outputs[name]  # the splice alone (instance attribute)
+        try:
+            with SyncOps() as first:
+                model.embed(fast["input_ids"], fast["media"], splice=fast["splice"])
+            with SyncOps() as later:
+                model.embed(fast["input_ids"], fast["media"], splice=fast["splice"])
+            with SyncOps() as by_mask:
+                model.embed(slow["input_ids"], slow["media"])
+        finally:
+            del model.encode_media
+    assert later.seen == []
+    assert first.seen == ["aten::equal"] * len(outputs)  # the one-time check of each projector mask
+    assert "aten::_local_scalar_dense" in by_mask.seen and "aten::index (bool mask)" in by_mask.seen
+
+
+def _pad_front(forward):
+    """A projector that puts one padding token *before* each item's tokens (same valid count)."""
+
+    def padded(features, mask):
+        tokens, out = forward(features, mask)
+        return (torch.cat([torch.zeros_like(tokens[:, :1]), tokens], 1),
+                torch.cat([torch.zeros_like(out[:, :1]), out], 1))
+
+    return padded
+
+
+def test_a_projector_mask_that_is_not_a_prefix_is_refused(model_and_records):
+    """The splice takes each item's first ``num_tokens`` tokens: valid tokens after padding fail
+    the one-time check, rather than splicing the padding token silently."""
+    model, records = model_and_records
+    fast, slow = _batches(model, records[:2], pack=False)
+    model = copy.deepcopy(model)
+    model.projectors["vision"].forward = _pad_front(model.projectors["vision"].forward)
+    model._splice_checked.clear()  # a fresh model: nothing checked yet
+    model.embed(slow["input_ids"], slow["media"])  # the mask path copes
+    with pytest.raises(SpliceError, match="vision: the projector's mask does not hold the declared pseudo-tokens first"):
+        model.embed(fast["input_ids"], fast["media"], splice=fast["splice"])
+
+
+def test_the_contract_check_asks_for_valid_tokens_first(monkeypatch):
+    from omnimodal.projectors import MLPProjector
+    from omnimodal.testing import ContractError, check_modality
+
+    from .conftest import tiny_vision_cfg
+
+    original = MLPProjector.forward
+    monkeypatch.setattr(MLPProjector, "forward", lambda self, f, m: _pad_front(original.__get__(self))(f, m))
+    with pytest.raises(ContractError, match="projector mask.*valid pseudo-tokens must come first"):
+        check_modality("vision", cfg=tiny_vision_cfg(), n_items=2)
+
+
+def test_collator_names_the_sample_and_items_whose_placeholders_do_not_match(model_and_records):
+    model, records = model_and_records
+    samples = _samples(model, records[:2])
+    token = model.placeholder_ids[model.modalities["vision"].placeholder]
+    ids = list(samples[1]["input_ids"])
+    ids[ids.index(token)] = model.tokenizer.pad_token_id  # one slot short (a hand-made or corrupted sample)
+    n = samples[1]["input_ids"].count(token)
+    collate = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
+    with pytest.raises(SpliceError, match=rf"mixed.jsonl:2: {n - 1} vision placeholder tokens but its vision items give {n} pseudo-tokens \(items: mixed.jsonl:2: message 0 part 0 \(image\) \({n}\)\)"):
+        collate([samples[0], dict(samples[1], input_ids=ids)])
+
+
+def test_feature_cached_batches_splice_by_index_the_same(model_and_records, tmp_path):
+    from omnimodal.data import feature_cache as fc
+
+    model, records = model_and_records
+    model = copy.deepcopy(model)
+    model.feature_caches = {"vision": fc.ModalityCache("vision", fc.FeatureCache(tmp_path / "cache"), "ctx")}
+    samples = _samples(model, records)
+    collate = Collator(model.modalities, model.tokenizer.pad_token_id, cached=frozenset({"vision"}), placeholder_ids=model.placeholder_ids)
+    plain = Collator(model.modalities, model.tokenizer.pad_token_id)(samples)
+    with torch.no_grad():
+        want = model.embed(plain["input_ids"], plain["media"])
+        miss = collate(samples)  # first pass: misses, encoded and stored
+        assert fc.CACHE_KEY in miss["media"]["vision"]
+        assert torch.equal(model.embed(miss["input_ids"], miss["media"], splice=miss["splice"]), want)
+        store = model.feature_caches["vision"].store
+        store.flush()
+        store.snapshot(time.time_ns())
+        hit = collate(samples)
+        got = model.embed(hit["input_ids"], hit["media"], splice=hit["splice"])
+    assert all(h is not None for h in hit["media"]["vision"][fc.CACHE_KEY]["hits"])
+    assert torch.equal(got, want)
