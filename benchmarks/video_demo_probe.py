@@ -3,8 +3,9 @@
 
 A cheap stand-in for the full demo (``omnimodal train modalities=[video]`` and its single-frame
 baseline ``modalities.video.num_frames=1``) when the machine is too busy for it: the same data
-(the plugin's demo builder), the same preprocessing and the same video encoder as
-``conf/modalities/video.yaml`` (ViT width 64, 8 frames, 2x2 pooling), but an MLP over the
+(the plugin's demo builder), the same preprocessing and the demo's video encoder
+(ViT width 64, 8 frames) with its 4x4 patch grid pooled to 2x2 (stride 2: the MLP reads the
+answers even from that; the language model did not, so the plugin's default is now stride 1), but an MLP over the
 flattened pseudo-token features with one classification head per question in place of the
 language model. Prints test accuracy per question for 8 frames, the middle frame only, and the
 blind baseline (the most common training answer).

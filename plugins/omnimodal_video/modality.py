@@ -48,7 +48,7 @@ class VideoModality(Modality):
         if enc.get("features", "patch") != "patch":
             raise ConfigError(f"video.encoder.features must be 'patch' (each frame's patch grid is pooled), got {enc.get('features')!r}")
         self.sampling = Sampling.from_config(self.cfg)
-        for key, default in (("spatial_pool", 2), ("temporal_pool", 1), ("max_frames_per_call", 64)):
+        for key, default in (("spatial_pool", 1), ("temporal_pool", 1), ("max_frames_per_call", 64)):
             value = self.cfg.setdefault(key, default)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"video.{key} must be a positive integer, got {value!r}")
