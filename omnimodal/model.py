@@ -503,9 +503,11 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     """
     if reduction not in ("mean", "sum"):
         raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    # Shift the labels, not the logits: slicing the logits would copy all of them (batch x length
+    # x vocabulary) every step; the last position gets an ignored label instead.
+    shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    total = torch.nn.functional.cross_entropy(flat_logits, shift_labels, ignore_index=-100, reduction="sum")
     if reduction == "sum":
         return total
     return total / (shift_labels != -100).sum().clamp(min=1)
