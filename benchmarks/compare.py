@@ -2,6 +2,8 @@
 
     python benchmarks/compare.py [--rounds 10] [--records 256] [--batch-size 16] [--workers 1]
 
+(``--records``: demo images; each gives about 3.3 question records, so 256 -> 858 conversations.)
+
 Both sides use the same parts: a CLIP tower from a tiny config saved to a temporary directory
 (224 px, loaded by path), the same Llama decoder weights and the same MLP projector (the Llava
 model is omnimodal's own export, weight for weight), vision frozen, AdamW, the same batches.
@@ -397,7 +399,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per round for (a)")
-    ap.add_argument("--records", type=int, default=256)
+    ap.add_argument("--records", type=int, default=256, help="demo images (each gives about 3.3 conversations)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--image-size", type=int, default=224)
@@ -415,8 +417,10 @@ def main() -> None:
     import omnimodal
 
     print(f"omnimodal from {Path(omnimodal.__file__).parent}")
+    conversations = sum(1 for line in Path(parts["files"]["train"]).read_text().splitlines() if line.strip())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch_size}, "
-          f"{args.records} records, {args.workers} worker(s), median of {args.rounds} alternating rounds")
+          f"{args.records} images = {conversations} conversations per epoch, {args.workers} worker(s), "
+          f"median of {args.rounds} alternating rounds")
     if "step" not in args.skip:
         table("(a) model step alone (fixed batch)", model_step(parts, args.batch_size, args.rounds, args.steps))
     if "path" not in args.skip:
