@@ -13,6 +13,23 @@ from omnimodal.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def qa_record(part: dict, question: str, answer: str, kind: str) -> dict:
+    """One demo record: a user turn with a media ``part`` and a question, then the answer."""
+    return {
+        "kind": kind,
+        "messages": [
+            {"role": "user", "content": [part, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+    }
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    """Write ``records`` one JSON object per line; return ``path``."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 @contextmanager
 def file_lock(path: Path):
     """An exclusive inter-process lock (so DDP ranks or parallel runs build data once)."""

@@ -9,12 +9,13 @@ equally often (within one), so the blind baseline is 1/3 on counts and 1/2 elsew
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
 import numpy as np
+
+from omnimodal.demo import qa_record, write_jsonl
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 2.0
@@ -71,13 +72,7 @@ def make_clip(rng: random.Random, count: int, kind: str, value: str, loudness: s
 
 
 def _record(clip_path: str, kind: str, answer: str) -> dict:
-    return {
-        "kind": kind,
-        "messages": [
-            {"role": "user", "content": [{"type": "audio", "path": clip_path}, {"type": "text", "text": QUESTIONS[kind]}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-    }
+    return qa_record({"type": "audio", "path": clip_path}, QUESTIONS[kind], answer, kind)
 
 
 def _plan(rng: random.Random, n: int) -> list[tuple[int, tuple[str, str], str]]:
@@ -113,6 +108,6 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
             records.append(_record(rel, "loudness", loudness))
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl(path, records)
         out[split] = path
     return out

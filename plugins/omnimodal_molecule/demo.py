@@ -15,7 +15,6 @@ sets, same wall time) it reached 92%.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from rdkit import Chem, RDConfig, rdBase
 from rdkit.Chem import rdMolDescriptors
 
+from omnimodal.demo import qa_record, write_jsonl
 from omnimodal.errors import DataError, MediaError
 from omnimodal_molecule.chem import mol_from_smiles
 
@@ -105,16 +105,7 @@ def load_molecules(source: Path = SOURCE) -> list[tuple[str, str, Chem.Mol]]:
 
 
 def _record(smiles: str, kind: str, answer: str) -> dict:
-    return {
-        "kind": kind,
-        "messages": [
-            {
-                "role": "user",
-                "content": [{"type": "molecule", "smiles": smiles}, {"type": "text", "text": QUESTIONS[kind][0]}],
-            },
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-    }
+    return qa_record({"type": "molecule", "smiles": smiles}, QUESTIONS[kind][0], answer, kind)
 
 
 def split_molecules(molecules: list, seed: int) -> dict[str, list]:
@@ -158,6 +149,6 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
                 records += [_record(s, kind, answer) for s in picked]
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl(path, records)
         out[split] = path
     return out

@@ -13,11 +13,12 @@ Each split is balanced: every answer of every question occurs equally often (wit
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
+
+from omnimodal.demo import qa_record, write_jsonl
 
 FRAMES, SIZE, FPS, BLOCK = 16, 32, 8, 2
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -65,13 +66,7 @@ def make_clip(rng: random.Random, direction: str, first: str, flashes: int) -> n
 
 
 def _record(clip_path: str, kind: str, answer: str) -> dict:
-    return {
-        "kind": kind,
-        "messages": [
-            {"role": "user", "content": [{"type": "video", "path": clip_path}, {"type": "text", "text": QUESTIONS[kind]}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-    }
+    return qa_record({"type": "video", "path": clip_path}, QUESTIONS[kind], answer, kind)
 
 
 def _plan(rng: random.Random, n: int) -> list[tuple[str, str, int]]:
@@ -105,6 +100,6 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
             records.append(_record(rel, "flashes", COUNT_WORDS[flashes]))
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl(path, records)
         out[split] = path
     return out

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from omnimodal.demo import qa_record, write_jsonl
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40), "purple": (150, 60, 200)}
 SHAPES = ("circle", "square", "triangle")
@@ -50,13 +51,7 @@ def make_image(rng: random.Random) -> tuple[Image.Image, dict]:
 
 
 def _record(image_path: str, kind: str, answer: str) -> dict:
-    return {
-        "kind": kind,
-        "messages": [
-            {"role": "user", "content": [{"type": "image", "path": image_path}, {"type": "text", "text": QUESTIONS[kind]}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-    }
+    return qa_record({"type": "image", "path": image_path}, QUESTIONS[kind], answer, kind)
 
 
 def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, Path]:
@@ -76,6 +71,6 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
                     records.append(_record(rel, kind, facts[kind]))
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl(path, records)
         out[split] = path
     return out
