@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnimodal.errors import DataError, PluginError
+from omnimodal.errors import DataError, MediaError, PluginError
 from omnimodal.specs import ModalitySpec
 
 
@@ -46,6 +46,28 @@ class MediaItem:
     length: int
     num_tokens: int
     source: str
+
+
+def url_part_item(part: dict[str, Any], key: str) -> str | bytes:
+    """An OpenAI-style ``{"type": key, key: {"url": ...}}`` part -> a raw item: an http(s) URL as it
+    is (the server decides whether remote media are allowed, and fetches them), a base64
+    ``data:`` URL decoded to bytes. ``key`` is e.g. ``"image_url"``; errors name it."""
+    import base64
+    import binascii
+
+    url = part.get(key)
+    url = url.get("url") if isinstance(url, dict) else url
+    if not isinstance(url, str):
+        raise MediaError(f"{key} part needs {key}.url as a string")
+    if url.startswith(("http://", "https://")):
+        return url
+    header, _, data = url.partition(",")
+    if not header.startswith("data:") or ";base64" not in header:
+        raise MediaError(f"{key}: only base64 data: URLs are accepted here (got {url[:40]!r}...)")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MediaError(f"{key}: invalid base64 data ({exc})") from exc
 
 
 class Modality:

@@ -16,8 +16,6 @@ logged.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import torch
 
 from omnimodal.errors import ConfigError, MediaError
-from omnimodal.modality import Modality
+from omnimodal.modality import Modality, url_part_item
 from omnimodal.specs import ModalitySpec
 from omnimodal_video import decode
 from omnimodal_video.encoders import VideoEncoder, pooled_tokens
@@ -109,19 +107,7 @@ class VideoModality(Modality):
         (an http(s) URL is returned as is: the server fetches it only with --allow-remote-media)."""
         if part.get("type") != "video_url":
             return super().item_from_api_part(part)
-        url = part.get("video_url")
-        url = url.get("url") if isinstance(url, dict) else url
-        if not isinstance(url, str):
-            raise MediaError("video_url part needs video_url.url as a string")
-        if url.startswith(("http://", "https://")):
-            return url
-        header, _, data = url.partition(",")
-        if not header.startswith("data:") or ";base64" not in header:
-            raise MediaError(f"video_url: only base64 data: URLs are accepted here (got {url[:40]!r}...)")
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise MediaError(f"video_url: invalid base64 data ({exc})") from exc
+        return url_part_item(part, "video_url")
 
     def load(self, raw: Any, source: str) -> dict[str, Any]:
         """Plan from metadata, then decode only the sampled frames: ``{"frames": [T, H, W, 3] uint8, "indices": [...]}``."""

@@ -8,7 +8,6 @@ the very functions the encoders use to size their output. A pretrained tower's a
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import random
@@ -20,17 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from omnimodal.errors import ConfigError, MediaError
-from omnimodal.modality import Modality
-
-
-def _decode_data_url(url: str) -> bytes:
-    header, _, data = url.partition(",")
-    if not header.startswith("data:") or ";base64" not in header:
-        raise MediaError(f"image_url: only base64 data: URLs are accepted here (got {url[:40]!r}...)")
-    try:
-        return base64.b64decode(data, validate=True)
-    except ValueError as exc:
-        raise MediaError(f"image_url: invalid base64 data ({exc})") from exc
+from omnimodal.modality import Modality, url_part_item
 
 
 class VisionModality(Modality):
@@ -50,13 +39,7 @@ class VisionModality(Modality):
     def item_from_api_part(self, part: dict[str, Any]) -> Any:
         if part.get("type") != "image_url":
             return super().item_from_api_part(part)
-        url = part.get("image_url")
-        url = url.get("url") if isinstance(url, dict) else url
-        if not isinstance(url, str):
-            raise MediaError("image_url part needs image_url.url as a string")
-        if url.startswith(("http://", "https://")):
-            return url  # the server decides whether remote URLs are allowed, and fetches them
-        return _decode_data_url(url)
+        return url_part_item(part, "image_url")
 
     def load(self, raw: Any, source: str) -> Image.Image:
         """Return an RGB PIL image from a path, bytes, PIL image, or HxWx3 array/tensor."""
