@@ -4,10 +4,8 @@ and through omnimodal's server; the server's logprobs and its refusal of unsuppo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -18,6 +16,7 @@ from omnimodal.eval.runner import Endpoint, InProcess, RunOptions, run_task
 from omnimodal.eval.tasks import load_task
 
 from ._require import require
+from ._serve import serve_in_thread
 from .conftest import PYTHON, ROOT, cli_env
 from .test_eval_tasks import line, write_task
 from .test_inference import build_tiny_model
@@ -53,30 +52,16 @@ def pipe(vision_demo):
     return Pipeline(build_tiny_model(vision_demo), device="cpu")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(pipe):
     """omnimodal's server on loopback, in a thread, serving the same pipeline; yields its /v1 URL."""
     require("fastapi", "serve")
-    uvicorn = require("uvicorn", "serve")
+    require("uvicorn", "serve")
     from omnimodal.serving.app import ServerSettings, create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(pipe, ServerSettings(model_name="tiny", max_tokens=16)), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    url, stop = serve_in_thread(create_app(pipe, ServerSettings(model_name="tiny", max_tokens=16)), timeout=30)
+    yield f"{url}/v1"
+    stop()
 
 
 def evaluate(path, backend, blind_model=True):

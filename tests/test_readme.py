@@ -12,9 +12,6 @@ needs more is marked in the README with ``<!-- readme-test: KIND (why) -->`` jus
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import torch
 
 import omnimodal
 
+from ._serve import serve_in_thread
 from .conftest import ROOT, tiny_decoder_cfg, tiny_vision_cfg
 from .test_inference import build_tiny_model, wav_bytes
 from .test_training import TINY
@@ -75,34 +73,13 @@ def workspace(tmp_path_factory, vision_demo) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(model_dir: Path):
     """Serve ``model_dir`` as ``model`` on a free port in this process; returns (url, stop)."""
-    import uvicorn
-
     from omnimodal.inference import load
     from omnimodal.serving.app import ServerSettings, create_app
 
-    port = _free_port()
     app = create_app(load(model_dir, device="cpu"), ServerSettings(model_name="model", max_tokens=16, default_max_tokens=8))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        thread.join(timeout=10)
-
-    return f"http://127.0.0.1:{port}", stop
+    return serve_in_thread(app)
 
 
 def test_every_block_is_plain_or_marked():

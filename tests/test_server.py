@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from ._require import require, under_ci
+from ._serve import free_port
 from .conftest import PYTHON, ROOT, cli_env
 from .test_inference import build_tiny_model, wav_bytes
 
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.slow
 MAX_BYTES = 200_000
 MAX_ITEMS = 3
 MAX_TOKENS = 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
