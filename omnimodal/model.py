@@ -231,15 +231,13 @@ class OmniModel(nn.Module):
             tokens, mask = self.encode_media(name, media[name])
             n, m = tokens.shape[:2]
             if index is None or n != len(counts) or max(counts, default=0) > m:
-                where = f" Items: {sources[name]}." if sources and name in sources else ""
                 raise SpliceError(f"{name}: the batch's splice index covers {len(counts)} item(s) (pseudo-tokens per item: {counts}) "
-                                  f"but the projector gave {n} item(s) of at most {m} pseudo-tokens.{where}")
+                                  f"but the projector gave {n} item(s) of at most {m} pseudo-tokens.{_items(name, sources)}")
             if name not in self._splice_checked:
                 expected = torch.arange(m)[None, :] < torch.tensor(counts)[:, None]
                 if not torch.equal(mask.detach().cpu(), expected):
-                    where = f" Items: {sources[name]}." if sources and name in sources else ""
                     raise SpliceError(f"{name}: the projector's mask does not hold the declared pseudo-tokens first in each row "
-                                      f"(declared per item: {counts}; valid per item: {mask.sum(1).tolist()}).{where}")
+                                      f"(declared per item: {counts}; valid per item: {mask.sum(1).tolist()}).{_items(name, sources)}")
                 self._splice_checked.add(name)
             gather = index["item"].to(tokens.device, non_blocking=True) * m + index["pos"].to(tokens.device, non_blocking=True)
             source = tokens.reshape(n * m, d).index_select(0, gather)
@@ -249,7 +247,7 @@ class OmniModel(nn.Module):
     def _mismatch(self, name, input_ids, slots, mask, sources) -> str:
         per_sample = slots.sum(1).tolist()
         per_item = mask.sum(1).tolist()
-        where = f" Items: {sources[name]}." if sources and name in sources else ""
+        where = _items(name, sources)
         return (
             f"{name}: {int(slots.sum())} placeholder tokens in the batch (per sample: {per_sample}) but "
             f"{int(mask.sum())} pseudo-tokens from {len(per_item)} item(s) (per item: {per_item}).{where}"
@@ -488,6 +486,11 @@ class OmniModel(nn.Module):
 
             model.decoder = PeftModel.from_pretrained(model.decoder, directory / config["adapter"])
         return model.eval()
+
+
+def _items(name: str, sources: dict[str, list[str]] | None) -> str:
+    """`` Items: [...].`` naming a modality's items in a splice error (empty when unknown)."""
+    return f" Items: {sources[name]}." if sources and name in sources else ""
 
 
 def label_token_count(labels: torch.Tensor) -> torch.Tensor:

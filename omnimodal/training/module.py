@@ -263,18 +263,10 @@ class OmniLightningModule(L.LightningModule):
         self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
         if self.trainer.world_size > 1:
             tokens = self.trainer.strategy.reduce(tokens.to(self.device), reduce_op="sum")
-        grads = [p.grad for p in self._trainable(optimizer) if p.grad is not None]
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads:
             scale = (accumulate * self.trainer.world_size) / tokens.clamp(min=1).to(torch.float32)
             torch._foreach_mul_(grads, scale.to(grads[0].device))
-
-    def _trainable(self, optimizer) -> list[torch.nn.Parameter]:
-        """The optimizer's parameters, listed once per optimizer (not rebuilt every step)."""
-        cached = getattr(self, "_trainable_cache", None)
-        if cached is None or cached[0] is not optimizer or cached[1] != len(optimizer.param_groups):
-            cached = (optimizer, len(optimizer.param_groups), [p for group in optimizer.param_groups for p in group["params"]])
-            self._trainable_cache = cached
-        return cached[2]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch)
