@@ -254,10 +254,6 @@ class OmniDataModule(L.LightningDataModule):
             dataset.length_estimates = estimate_lengths(dataset)
         return dataset.length_estimates
 
-    def train_batches(self, world_size: int) -> int:
-        """Training batches per rank and epoch (what the train loader yields)."""
-        return batches_per_epoch(len(self.train_set), int(self.cfg.get("batch_size", 32)), world_size)
-
     def train_dataloader(self):
         return self._loader(self.train_set, int(self.cfg.get("batch_size", 32)), shuffle=True)
 

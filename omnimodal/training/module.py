@@ -280,6 +280,8 @@ class OmniLightningModule(L.LightningModule):
         a checkpoint's loop state is restored, and Lightning then skips restoring the loader's
         position, so a resumed run would replay the epoch from its start.
         """
+        from omnimodal.training.datamodule import batches_per_epoch
+
         trainer = self.trainer
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         dm = trainer.datamodule
@@ -288,8 +290,7 @@ class OmniLightningModule(L.LightningModule):
             return max_steps or max(1, int(trainer.estimated_stepping_batches))
         # The loader's own count (one function with the sampler's arithmetic): length grouping and
         # packing change which conversations share a batch, never how many batches there are.
-        batches = dm.train_batches(trainer.world_size) if hasattr(dm, "train_batches") else \
-            math.ceil(math.ceil(n / int(dm.cfg.get("batch_size", 32))) / trainer.world_size)
+        batches = batches_per_epoch(n, int(dm.cfg.get("batch_size", 32)), trainer.world_size)
         if isinstance(trainer.limit_train_batches, int):
             batches = min(batches, trainer.limit_train_batches)
         elif trainer.limit_train_batches is not None:
