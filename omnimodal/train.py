@@ -277,8 +277,9 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     module_cls = FSDPLightningModule if fsdp else OmniLightningModule
     trainer_cfg = dict(cfg["trainer"])
     skip_nonfinite = bool(trainer_cfg.pop("skip_nonfinite", False))  # omnimodal's, not Lightning's
+    compile_decoder = trainer_cfg.pop("compile", False)  # omnimodal's too
     signature = {**model_signature(cfg), "tokenizer": tokenizer_hash(tokenizer), **data_signature(files)}
-    module = module_cls(build, cfg["stage"], cfg["modalities"], signature, skip_nonfinite=skip_nonfinite)
+    module = module_cls(build, cfg["stage"], cfg["modalities"], signature, skip_nonfinite=skip_nonfinite, compile=compile_decoder)
 
     ckpt_cfg = cfg.get("checkpoint") or {}
     start_report, throughput = kit.callbacks(files, cfg["stage"], gradient_checkpointing=grad_ckpt)

@@ -92,8 +92,9 @@ class OmniLightningModule(L.LightningModule):
     ``configure_model`` (so strategies such as FSDP can shard a large decoder as it is made).
     """
 
-    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None, skip_nonfinite: bool = False):
+    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None, skip_nonfinite: bool = False, compile: bool | dict[str, Any] = False):
         super().__init__()
+        self.compile_options = compile_options(compile)
         self.stage = dict(stage)
         self.modality_cfgs = dict(modality_cfgs or {})
         self.data_events: dict[str, int] = {}  # e.g. {"audio.clips_cut": 3} over the first epoch
@@ -112,6 +113,15 @@ class OmniLightningModule(L.LightningModule):
         if self.model is None:
             self.model = self._build()
             apply_stage(self.model, self.stage, self.modality_cfgs)
+        if self.compile_options is not None:
+            # In place (nn.Module.compile): parameter names and checkpoints stay as they are.
+            self.model.decoder.compile(**self.compile_options)
+
+    def on_fit_end(self) -> None:
+        """Back to the eager decoder: generation after training (evaluation, chat) feeds it
+        cache-dependent shapes that would only recompile."""
+        if self.compile_options is not None and self.model is not None:
+            self.model.decoder._compiled_call_impl = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep every rank's random generator states (dropout) so a resumed run continues them exactly."""
@@ -313,6 +323,20 @@ class OmniLightningModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def compile_options(compile: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+    """``trainer.compile``: false (eager), true (``torch.compile`` defaults) or ``torch.compile``'s
+    keyword arguments (e.g. ``{mode: max-autotune, dynamic: true}``); ``None`` means eager."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        return dict(compile)
+    from omnimodal.errors import ConfigError
+
+    raise ConfigError(f"trainer.compile must be true, false or a mapping of torch.compile arguments, not {compile!r}")
 
 
 def trained_model(trainer: L.Trainer, module: OmniLightningModule, rebuild: Callable[[], OmniModel]) -> OmniModel | None:
