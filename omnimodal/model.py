@@ -16,6 +16,7 @@ State-dict keys are stable (see ``docs`` in README): ``decoder.<HF keys>``,
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,14 +264,32 @@ class OmniModel(nn.Module):
         mask by a block-diagonal causal 4-D mask, so packed conversations never see each other.
         """
         embeds = self.embed(input_ids, media, media_sources, splice)
+        implementation = None
         if segment_ids is not None:
-            from omnimodal.data.packing import block_causal_mask
+            from omnimodal.data.packing import block_causal_mask, flex_block_mask
 
-            attention_mask = block_causal_mask(segment_ids, embeds.dtype)
-        out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
+            if self.packed_attention(embeds.device) == "flex":
+                attention_mask, implementation = flex_block_mask(segment_ids), "flex_attention"
+            else:
+                attention_mask = block_causal_mask(segment_ids, embeds.dtype)
+        with attention_implementation(self.decoder, implementation):
+            out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
         if labels is not None:
             out.loss = causal_lm_loss(out.logits, labels, loss_reduction)
         return out
+
+    def packed_attention(self, device: torch.device) -> str:
+        """How packed rows attend (``decoder.packed_attention``): ``mask`` (a dense 4-D mask
+        through SDPA: any backend, pays every ``L x L`` position of a row), ``flex`` (PyTorch's flex
+        attention with a block mask: skips the blocks between conversations; its backward needs
+        CUDA) or ``auto`` (flex on CUDA where the decoder supports it, else mask)."""
+        choice = self.decoder_cfg.get("packed_attention") or "auto"
+        if choice not in ("auto", "mask", "flex"):
+            raise ConfigError(f"decoder.packed_attention must be auto, mask or flex, not {choice!r}")
+        if choice == "auto":
+            flex_ok = device.type == "cuda" and bool(getattr(self.decoder, "_supports_flex_attn", False))
+            choice = "flex" if flex_ok else "mask"
+        return choice
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: dict[str, Any] | None = None, **kwargs: Any) -> torch.Tensor:
@@ -491,6 +510,22 @@ class OmniModel(nn.Module):
 def _items(name: str, sources: dict[str, list[str]] | None) -> str:
     """`` Items: [...].`` naming a modality's items in a splice error (empty when unknown)."""
     return f" Items: {sources[name]}." if sources and name in sources else ""
+
+
+@contextmanager
+def attention_implementation(decoder: nn.Module, name: str | None):
+    """Run ``decoder`` with another attention implementation (e.g. ``"flex_attention"``) for the
+    block; its layers read ``config._attn_implementation`` at every call. ``None``: unchanged."""
+    if name is None:
+        yield
+        return
+    config = decoder.config
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
 
 
 def label_token_count(labels: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from omnimodal.data.dataset import Collator, ConversationDataset
 from omnimodal.data.packing import PackingCollator, first_fit
 from omnimodal.data.records import Record
+from omnimodal.errors import ConfigError
 
 from .test_inference import build_tiny_model, wav_bytes
 
@@ -117,3 +118,32 @@ def test_packed_labels_never_cross_a_boundary(model_and_records):
     assert (labels[starts] == -100).all() and (pos[starts] == 0).all()
     assert int(starts.sum()) == len(samples)
     assert int((labels != -100).sum()) == sum(sum(lab != -100 for lab in s["labels"][1:]) for s in samples)
+
+
+def test_flex_block_mask_gives_the_unpacked_losses_and_auto_picks_mask_off_cuda(model_and_records, monkeypatch):
+    """``decoder.packed_attention=flex`` (the CUDA default): the block mask gives each packed
+    conversation the losses it has alone. Forward only: flex attention's backward needs CUDA
+    (the GPU benchmark trains through it). Transformers compiles flex attention; here the eager
+    reference implementation runs instead (no C++ build on the test machine)."""
+    import transformers.integrations.flex_attention as hf_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", lambda q, k, v, training=False, **kw: flex_attention(q, k, v, **kw))
+    model, records = model_and_records
+    samples = _samples(model, records)
+    base = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
+    packed = PackingCollator(base, max_length=max(len(s["input_ids"]) for s in samples) + 40)(samples)
+    unpacked = base([samples[int(i)] for i in packed["index"]])
+    flex = copy.deepcopy(model)
+    flex.decoder_cfg["packed_attention"] = "flex"
+    assert model.packed_attention(torch.device("cpu")) == "mask"  # auto, off CUDA
+    assert flex.packed_attention(torch.device("cpu")) == "flex"
+    with torch.no_grad():
+        per_flex, _ = _per_sample_losses(flex, packed, _packed_owner)
+        per_unpacked, _ = _per_sample_losses(model, unpacked, _unpacked_owner)
+    torch.testing.assert_close(per_flex, per_unpacked, rtol=1e-5, atol=1e-5)
+    assert flex.decoder.config._attn_implementation != "flex_attention"  # restored after the call
+
+    flex.decoder_cfg["packed_attention"] = "dense"
+    with pytest.raises(ConfigError, match="packed_attention"):
+        flex.packed_attention(torch.device("cpu"))

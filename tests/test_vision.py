@@ -83,6 +83,7 @@ def test_hf_tower_loads_from_local_dir_with_feature_layer(tmp_path, kind, featur
     encoder = mod.build_encoder().eval()
     item = mod.prepare(Image.new("RGB", (50, 40), (0, 128, 255)), "t")
     assert item.length == expected_len and item.num_tokens == expected_len
+    assert mod.estimate_tokens({"path": "not-read.png"}) == expected_len  # length grouping: from the config alone
     feats, mask = encoder(**mod.collate([item.features]))
     assert feats.shape == (1, expected_len, 32) and mask.all()
     with torch.no_grad():
@@ -141,6 +142,7 @@ def test_siglip2_tower_offline_at_variable_resolution(tmp_path):
     expected = full["spatial_shapes"].prod(-1).tolist()
     assert [it.length for it in items] == [it.num_tokens for it in items] == expected
     assert len(set(expected)) > 1  # variable resolution really varies
+    assert mod.estimate_tokens({"path": "not-read.png"}) is None  # depends on the image: not estimated
     encoder = mod.build_encoder().eval()
     assert "hf_config" not in mod.cfg["encoder"]
     with torch.no_grad():

@@ -7,8 +7,9 @@ conversations, so the number of optimizer steps and the schedule do not change: 
 padding goes (as in transformers' ``DataCollatorWithFlattening``, but in rows of bounded length).
 
 Each row carries ``segment_ids`` (1, 2, ... per conversation, 0 for padding); the model turns them
-into a block-diagonal causal 4-D attention mask (:func:`block_causal_mask`), so no conversation
-sees another on any attention backend. Position ids restart at 0 per conversation, and the
+into a block-diagonal causal 4-D attention mask (:func:`block_causal_mask`, through SDPA) or the
+same rule as a flex-attention block mask (:func:`flex_block_mask`, ``decoder.packed_attention``),
+so no conversation sees another on any attention backend. Position ids restart at 0 per conversation, and the
 first token of each conversation carries no label, so no loss crosses a boundary.
 """
 
@@ -76,6 +77,23 @@ class PackingCollator:
         if "splice" in batch:  # the slots moved with the rows: index the packed ids
             batch["splice"] = splice_index(input_ids, batch["media_tokens"], self.collator.token_ids)
         return batch
+
+
+def flex_block_mask(segment_ids: torch.Tensor):
+    """The same rule as :func:`block_causal_mask` as a flex-attention ``BlockMask``.
+
+    Flex attention skips the 128 x 128 blocks the mask empties (the blocks between conversations
+    and above the diagonal), where SDPA with a dense mask works through every ``L x L`` position.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = segment_ids
+
+    def mask_mod(b, h, q, kv):
+        return ((seg[b, q] == seg[b, kv]) & (q >= kv) & (seg[b, q] > 0)) | (q == kv)
+
+    rows, length = seg.shape
+    return create_block_mask(mask_mod, rows, None, length, length, device=seg.device)
 
 
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -112,9 +112,11 @@ class VisionModality(Modality):
         return int(tower_lengths(self.tower_config(), enc.get("features", "patch"), features.get("spatial_shapes"))[0])
 
     def estimate_tokens(self, raw: Any) -> int | None:
-        """A ViT sees every image resized to ``image_size``: one count for all. A pretrained
-        tower's count may depend on the image (SigLIP2): not estimated (``None``)."""
-        if self.cfg["encoder"]["kind"] != "vit":
+        """A ViT and a fixed-resolution tower (CLIP, SigLIP) see every image at one size: one
+        count for all. A variable-resolution tower's (SigLIP2) depends on the image: ``None``."""
+        from omnimodal_vision.encoders import is_variable_resolution
+
+        if self.cfg["encoder"]["kind"] != "vit" and is_variable_resolution(self.tower_config()["model_type"]):
             return None
         return self.num_tokens(self.encoder_length({}))
 
