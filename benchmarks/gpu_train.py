@@ -21,9 +21,14 @@ compile warm-up), ``--steps`` optimizer steps are timed (synchronised at both en
   causal attention 6 x layers x width x sum of squared conversation lengths (each conversation
   attends only to itself, also when packed), the frozen tower's forward 2 x parameters x patches
   plus its attention; MFU against 989 TFLOP/s (the H200's dense bf16 peak by the datasheet) and,
-  beside it, against the measured bf16 matmul rate of this GPU (``--matmul``, 8192^3, printed first);
+  beside it, against the bf16 matmul rate measured on this GPU first (8192^3 products);
 - warm-up: wall seconds of the warm-up steps (torch.compile's compilation lands there);
-- peak memory: ``torch.cuda.max_memory_allocated``.
+- peak memory: ``torch.cuda.max_memory_allocated``; graphs: torch.compile graphs made.
+
+Configurations (``--configs``, comma-separated; all by default, the two compiled ones take minutes
+each): ``packing`` (flex attention, the CUDA default), ``packing-mask`` (the dense 4-D mask through
+SDPA), ``padding``, ``grouping``, ``packing+compile``, ``packing-mask+compile``. ``--profile`` adds
+a torch.profiler table of the timed steps' kernels. Ratios are to the first configuration run.
 """
 
 from __future__ import annotations
@@ -199,6 +204,7 @@ def run_config(name: str, model_cfg: dict, train: Path, args, data: dict, compil
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[meter])
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # "graphs": this configuration's compiled graphs only
     torch.backends.cuda.enable_cudnn_sdp(False)  # as `omnimodal train` does (omnimodal.train.no_cudnn_attention)
     trainer.fit(module, datamodule=dm)
     tokens, positions, sq = (float(x) for x in meter.sums.cpu())
