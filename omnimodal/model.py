@@ -261,7 +261,8 @@ class OmniModel(nn.Module):
         ``loss_reduction="sum"`` returns the summed token loss (training divides it by the label
         tokens of the whole optimizer step); ``"mean"`` the mean over this batch's label tokens.
         ``segment_ids`` (packed rows, see :mod:`omnimodal.data.packing`) replace the attention
-        mask by a block-diagonal causal 4-D mask, so packed conversations never see each other.
+        mask by a block-diagonal causal one (a dense 4-D mask, or a flex-attention block mask:
+        :meth:`packed_attention`), so packed conversations never see each other.
         """
         embeds = self.embed(input_ids, media, media_sources, splice)
         implementation = None

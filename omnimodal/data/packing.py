@@ -8,9 +8,10 @@ padding goes (as in transformers' ``DataCollatorWithFlattening``, but in rows of
 
 Each row carries ``segment_ids`` (1, 2, ... per conversation, 0 for padding); the model turns them
 into a block-diagonal causal 4-D attention mask (:func:`block_causal_mask`, through SDPA) or the
-same rule as a flex-attention block mask (:func:`flex_block_mask`, ``decoder.packed_attention``),
-so no conversation sees another on any attention backend. Position ids restart at 0 per conversation, and the
-first token of each conversation carries no label, so no loss crosses a boundary.
+same rule as a flex-attention block mask (:func:`flex_block_mask`; ``decoder.packed_attention``
+chooses), so no conversation sees another on any attention backend. Position ids restart at 0
+per conversation, and the first token of each conversation carries no label, so no loss crosses
+a boundary.
 """
 
 from __future__ import annotations
