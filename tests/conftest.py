@@ -52,22 +52,20 @@ def _fresh_registry():
 
 @pytest.fixture(scope="session")
 def vision_demo(tmp_path_factory) -> dict[str, Path]:
-    """A small coloured-shapes set: 40 train images, 8 val, 8 test."""
+    """A small coloured-shapes set: 40 train images, 8 val, 8 test, one question per record
+    (tests slice and index training lines; the demo's multi-turn default is tested in
+    test_demo_sets.py and trained on in test_audio_model.py)."""
     from omnimodal_vision.demo import build
 
     root = tmp_path_factory.mktemp("vision_demo")
-    return build(root, seed=0, sizes={"train": 40, "val": 8, "test": 8})
+    return build(root, seed=0, sizes={"train": 40, "val": 8, "test": 8}, multi_turn=False)
 
 
 def texts_of(paths) -> list[str]:
-    from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.dataset import training_texts
     from omnimodal.data.records import read_jsonl
 
-    out = []
-    for p in paths:
-        for r in read_jsonl(p, {"image": "vision"}):
-            out += [question_text(r), answer_text(r)]
-    return out
+    return [text for p in paths for text in training_texts(read_jsonl(p, {"image": "vision"}))]
 
 
 @pytest.fixture
