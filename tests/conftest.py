@@ -52,13 +52,11 @@ def _fresh_registry():
 
 @pytest.fixture(scope="session")
 def vision_demo(tmp_path_factory) -> dict[str, Path]:
-    """A small coloured-shapes set: 40 train images, 8 val, 8 test, one question per record
-    (tests slice and index training lines; the demo's multi-turn default is tested in
-    test_demo_sets.py and trained on in test_audio_model.py)."""
+    """A small coloured-shapes set: 40 train images, 8 val, 8 test."""
     from omnimodal_vision.demo import build
 
     root = tmp_path_factory.mktemp("vision_demo")
-    return build(root, seed=0, sizes={"train": 40, "val": 8, "test": 8}, multi_turn=False)
+    return build(root, seed=0, sizes={"train": 40, "val": 8, "test": 8})
 
 
 def texts_of(paths) -> list[str]:

@@ -380,18 +380,16 @@ def test_demo_builder_is_deterministic(tmp_path):
     assert a["train"].read_text() != c["train"].read_text()
 
     records = [json.loads(line) for line in a["train"].read_text().splitlines()]
-    assert len(records) == 12  # one conversation per clip, three questions each
-    kind_of = {question: kind for kind, question in QUESTIONS.items()}
+    assert len(records) == 36  # three questions per clip
     mod = make_audio()
     kinds: dict[str, list[str]] = {}
     for rec in records:
-        messages = rec["messages"]
-        assert [m["role"] for m in messages] == ["user", "assistant"] * 3
-        media = messages[0]["content"][0]
+        user, assistant = rec["messages"]
+        media, question = user["content"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
         assert media["type"] == "audio" and media["path"].startswith("clips/train/")
-        for user, assistant in zip(messages[::2], messages[1::2]):
-            question = user["content"][-1]["text"]
-            kinds.setdefault(kind_of[question], []).append(assistant["content"][0]["text"])
+        assert question == {"type": "text", "text": QUESTIONS[rec["kind"]]}
+        kinds.setdefault(rec["kind"], []).append(assistant["content"][0]["text"])
         info = sf.info(str(tmp_path / "a" / media["path"]))
         assert info.samplerate == 16000 and info.channels == 1 and info.duration <= 2.0
     assert sorted(kinds["count"]) == sorted(["one", "two", "three"] * 4)  # 12 clips: exactly balanced

@@ -35,10 +35,10 @@ def tiny_audio_cfg(encoder: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def audio_demo(tmp_path_factory) -> dict[str, Path]:
-    """A tiny tone set; its training records are the demo's multi-turn conversations."""
+    """A tiny tone set; its training records are multi-turn (one conversation per clip)."""
     from omnimodal_audio.demo import build
 
-    return build(tmp_path_factory.mktemp("audio_demo"), seed=0, sizes={"train": 8, "val": 2, "test": 2})
+    return build(tmp_path_factory.mktemp("audio_demo"), seed=0, sizes={"train": 8, "val": 2, "test": 2}, multi_turn=True)
 
 
 def texts(*paths: Path) -> list[str]:

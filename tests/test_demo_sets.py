@@ -1,5 +1,5 @@
-"""The demo's data: multi-turn training conversations (one per medium) hold exactly the
-questions of the one-question-per-record build, and the held-out sets never change."""
+"""The demo's data: the held-out sets never change, and ``multi_turn=True`` training
+conversations (one per medium) hold exactly the questions of the default one-question records."""
 
 from __future__ import annotations
 
@@ -80,8 +80,8 @@ def _build(name: str):
 def test_training_conversations_hold_the_single_question_records(tmp_path, name, media_type):
     build = _build(name)
     sizes = {"train": 12, "val": 3, "test": 4}
-    multi = build(tmp_path / "multi", 0, sizes)
-    single = build(tmp_path / "single", 0, sizes, multi_turn=False)
+    multi = build(tmp_path / "multi", 0, sizes, multi_turn=True)
+    single = build(tmp_path / "single", 0, sizes)
     for split in ("val", "test"):  # held-out records ask one question each, whatever the mode
         assert multi[split].read_bytes() == single[split].read_bytes()
         assert all(len(r["messages"]) == 2 and r["kind"] for r in records(multi[split]))

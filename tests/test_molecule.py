@@ -428,16 +428,16 @@ def test_demo_train_answers_stay_balanced_when_molecules_run_short(tmp_path):
 
 
 def test_demo_training_conversations_ask_each_molecule_its_balanced_picks_at_once(molecule_demo, tmp_path):
-    """Multi-turn training records hold exactly the single-question build's picks (so answers
+    """``multi_turn=True`` training records hold exactly the default build's picks (so answers
     stay balanced), grouped per molecule; validation and test are byte-identical either way."""
     from collections import Counter
 
     from omnimodal_molecule.demo import build
 
-    single = build(tmp_path, seed=0, sizes=SMALL, multi_turn=False)
+    multi = build(tmp_path, seed=0, sizes=SMALL, multi_turn=True)
     for split in ("val", "test"):
-        assert single[split].read_bytes() == molecule_demo[split].read_bytes()
-    flat, grouped = _records(single["train"]), _records(molecule_demo["train"])
+        assert multi[split].read_bytes() == molecule_demo[split].read_bytes()
+    flat, grouped = _records(molecule_demo["train"]), _records(multi["train"])
     assert all(len(r["messages"]) == 2 for r in flat)
     assert Counter(_turns(grouped)) == Counter(_turns(flat))
     assert len(grouped) < len(flat)  # molecules picked for several questions are encoded once

@@ -38,4 +38,4 @@ def omnimodal_config_dirs():
 
 @hookimpl
 def omnimodal_demo_data():
-    return [DemoSpec("audio", "omnimodal_audio.demo:build", version="3", description="tone sequences QA")]
+    return [DemoSpec("audio", "omnimodal_audio.demo:build", version="2", description="tone sequences QA")]

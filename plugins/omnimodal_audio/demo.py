@@ -6,9 +6,9 @@ Every clip gives three questions: how many beeps, loud or quiet, and either the 
 clips) or the contour (glides). Each split is balanced: every answer of every question occurs
 equally often (within one), so the blind baseline is 1/3 on counts and 1/2 elsewhere.
 
-Training records are multi-turn: one conversation per clip asks its three questions (in a
-random order), so the clip is encoded once per epoch, not three times. Validation and test
-records ask one question each (the evaluation's format).
+Every record asks one question. ``build(..., multi_turn=True)`` instead makes one training
+conversation per clip with its three questions (in a random order; validation and test are
+unchanged); it is not the default (see the vision demo's note).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _plan(rng: random.Random, n: int) -> list[tuple[int, tuple[str, str], str]]:
     return plan
 
 
-def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = True) -> dict[str, Path]:
+def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = False) -> dict[str, Path]:
     """Write WAV clips and ``{train,val,test}.jsonl`` under ``root``; return the JSONL paths.
 
     ``multi_turn``: one training conversation per clip with its three questions; ``False``:

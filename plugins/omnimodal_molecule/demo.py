@@ -12,11 +12,11 @@ nitrogen) far more slowly than counts under the LLM's gradient. With 300 per que
 joint demo stayed near chance on them (molecules 69%); with 900 (and smaller vision/audio
 sets, same wall time) it reached 92%.
 
-Training records are multi-turn: the balanced picks are grouped per molecule, and one
-conversation asks a molecule all the questions it was picked for (in a random order), so the
-molecule is encoded once for them and the answers stay exactly as balanced. A molecule picked
-twice for one question (reuse, above) gets a second conversation. Validation and test records
-ask one question each (the evaluation's format).
+Every record asks one question. ``build(..., multi_turn=True)`` instead groups the balanced
+training picks per molecule: one conversation asks a molecule all the questions it was picked
+for (in a random order), so the answers stay exactly as balanced; a molecule picked twice for
+one question (reuse, above) gets a second conversation. Validation and test are unchanged. It
+is not the default (see the vision demo's note).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def group_by_molecule(picks: list[tuple[str, str, str]], rng: random.Random) -> 
     return records
 
 
-def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = True) -> dict[str, Path]:
+def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = False) -> dict[str, Path]:
     """Write ``{train,val,test}.jsonl`` under ``root``; return the paths.
 
     ``sizes`` overrides ``RECORDS_PER_QUESTION`` (records per question kind per split).

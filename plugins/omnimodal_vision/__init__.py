@@ -38,7 +38,7 @@ def omnimodal_config_dirs():
 
 @hookimpl
 def omnimodal_demo_data():
-    return [DemoSpec("vision", "omnimodal_vision.demo:build", version="3", description="coloured shapes QA")]
+    return [DemoSpec("vision", "omnimodal_vision.demo:build", version="2", description="coloured shapes QA")]
 
 
 @hookimpl
