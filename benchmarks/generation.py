@@ -36,13 +36,13 @@ def build_model(root: Path, width: int, layers: int):
     """A random demo-sized model on the coloured-shapes demo data; returns (model, image paths, questions)."""
     from omnimodal_vision.demo import build
 
-    from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.dataset import question_text, training_texts
     from omnimodal.data.records import read_jsonl
     from omnimodal.model import OmniModel
 
     files = build(root / "demo", seed=0, sizes={"train": 64, "val": 4, "test": 32})
     records = read_jsonl(files["train"], {"image": "vision"})
-    texts = [question_text(r) for r in records] + [answer_text(r) for r in records]
+    texts = list(training_texts(records))  # every turn of the demo's multi-turn training records
     decoder = {"kind": "scratch", "architecture": "llama", "hidden_size": width, "intermediate_size": 4 * width,
                "num_hidden_layers": layers, "num_attention_heads": max(1, width // 32), "num_key_value_heads": max(1, width // 32),
                "max_position_embeddings": 512, "tokenizer": {"kind": "bpe", "vocab_size": 600}}

@@ -28,7 +28,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from omnimodal.builtin import core_config_dir
-    from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.dataset import training_texts
     from omnimodal.data.records import SkipReport
     from omnimodal.model import OmniModel, build_modalities
     from omnimodal.train import register_search_path_plugin, resolve_files
@@ -41,7 +41,7 @@ def main() -> None:
     files = resolve_files(cfg)
     part_types = {m.part_type: n for n, m in build_modalities(cfg["modalities"]).items()}
     records = read_split(files["train"], part_types, "raise", SkipReport())
-    texts = [question_text(r) for r in records] + [answer_text(r) for r in records]
+    texts = list(training_texts(records))
     torch.manual_seed(0)
     model = OmniModel.from_config({"decoder": cfg["decoder"], "modalities": cfg["modalities"]}, texts=texts)
     apply_stage(model, cfg["stage"], cfg["modalities"])

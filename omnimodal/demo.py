@@ -24,6 +24,22 @@ def qa_record(part: dict, question: str, answer: str, kind: str) -> dict:
     }
 
 
+def conversation_record(part: dict, turns: list[tuple[str, str]], kind: str | None = None) -> dict:
+    """One multi-turn demo record about one medium: ``part`` opens the first user turn, then
+    each ``(question, answer)`` of ``turns`` is a user turn and its assistant answer.
+
+    Training on it asks every question with the medium encoded once (as LLaVA's instruction
+    data does); every answer is labelled. ``kind`` is left out when ``None``.
+    """
+    if not turns:
+        raise ValueError("conversation_record: no turns")
+    messages = []
+    for i, (question, answer) in enumerate(turns):
+        content = [part, {"type": "text", "text": question}] if i == 0 else [{"type": "text", "text": question}]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return {"messages": messages} if kind is None else {"kind": kind, "messages": messages}
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write ``records`` one JSON object per line; return ``path``."""
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -60,14 +60,10 @@ def vision_demo(tmp_path_factory) -> dict[str, Path]:
 
 
 def texts_of(paths) -> list[str]:
-    from omnimodal.data.dataset import answer_text, question_text
+    from omnimodal.data.dataset import training_texts
     from omnimodal.data.records import read_jsonl
 
-    out = []
-    for p in paths:
-        for r in read_jsonl(p, {"image": "vision"}):
-            out += [question_text(r), answer_text(r)]
-    return out
+    return [text for p in paths for text in training_texts(read_jsonl(p, {"image": "vision"}))]
 
 
 @pytest.fixture

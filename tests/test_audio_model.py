@@ -13,7 +13,7 @@ from ._require import require
 require("torchaudio", "audio")
 require("soundfile", "audio")
 
-from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, question_text  # noqa: E402
+from omnimodal.data.dataset import Collator, ConversationDataset, training_texts  # noqa: E402
 from omnimodal.data.records import Record, read_jsonl  # noqa: E402
 
 from .conftest import tiny_decoder_cfg, tiny_vision_cfg  # noqa: E402
@@ -35,16 +35,14 @@ def tiny_audio_cfg(encoder: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def audio_demo(tmp_path_factory) -> dict[str, Path]:
+    """A tiny tone set; its training records are multi-turn (one conversation per clip)."""
     from omnimodal_audio.demo import build
 
-    return build(tmp_path_factory.mktemp("audio_demo"), seed=0, sizes={"train": 8, "val": 2, "test": 2})
+    return build(tmp_path_factory.mktemp("audio_demo"), seed=0, sizes={"train": 8, "val": 2, "test": 2}, multi_turn=True)
 
 
 def texts(*paths: Path) -> list[str]:
-    out = []
-    for p in paths:
-        for r in read_jsonl(p, PART_TYPES):
-            out += [question_text(r), answer_text(r)]
+    out = [text for p in paths for text in training_texts(read_jsonl(p, PART_TYPES))]
     return out + ["Compare the sound and the picture.", "Which came first?"]
 
 

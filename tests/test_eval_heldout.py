@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from omnimodal.data.dataset import training_texts
 from omnimodal.data.records import Record
-from omnimodal.eval.heldout import blind_baseline, evaluate, score, without_media
+from omnimodal.eval.heldout import blind_answer, blind_baseline, evaluate, score, without_media
 
 
 def record(question: str, answer: str, kind: str, image: bool = True) -> Record:
@@ -27,6 +28,39 @@ def test_score_names_every_baseline_and_keeps_the_old_key():
     overall = table["vision"]["overall"]
     assert overall["n"] == 4 and overall["accuracy"] == pytest.approx(3 / 4) and overall["chance"] == pytest.approx((3 * 1 / 3 + 1) / 4)
     assert list(table["vision"]) == ["colour", "shape", "overall"]
+
+
+def conversation(turns: list[tuple[str, str]]) -> Record:
+    """A multi-turn training record: the image in the first user turn, then question/answer turns."""
+    messages = []
+    for i, (question, answer) in enumerate(turns):
+        parts = ([{"type": "image", "path": "x.png"}] if i == 0 else []) + [{"type": "text", "text": question}]
+        messages += [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return Record(messages, "train.jsonl:1", None, None)
+
+
+def test_blind_frequent_counts_every_turn_of_multi_turn_training_conversations():
+    """Every answer of a training conversation counts under its own question (not the last
+    answer under all the questions joined), so single-question test records find theirs."""
+    train = [
+        conversation([("colour?", "red"), ("shape?", "circle")]),
+        conversation([("shape?", "circle"), ("colour?", "blue")]),
+        conversation([("colour?", "blue"), ("count?", "two")]),
+        record("shape?", "square", "shape"),
+    ]
+    baseline = blind_baseline(train)
+    assert baseline["answers"] == {"colour?": "blue", "count?": "two", "shape?": "circle"}
+    assert baseline["fallback"] == "circle"  # circle and blue twice each: the first seen wins
+    test = [record("colour?", "blue", "colour"), record("shape?", "circle", "shape"), record("count?", "one", "count")]
+    table = score(test, ["blue", "circle", "one"], baseline, {"image": "vision"})
+    assert [table["vision"][k]["blind_frequent"] for k in ("colour", "count", "shape")] == [1.0, 0.0, 1.0]
+    # a multi-turn test record is answered for its last question
+    assert blind_answer(baseline, conversation([("count?", "two"), ("colour?", "blue")])) == "blue"
+
+
+def test_scratch_tokenizer_texts_hold_every_turn():
+    texts = list(training_texts([conversation([("colour?", "red"), ("shape?", "circle")]), record("count?", "two", "count")]))
+    assert texts == ["colour?", "red", "shape?", "circle", "count?", "two"]
 
 
 def test_without_media_keeps_the_text():

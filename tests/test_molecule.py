@@ -344,6 +344,30 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _turns(records: list[dict]) -> list[tuple[str, str, str]]:
+    """``(smiles, kind, answer)`` per question asked, checking each record's shape: the
+    molecule opens the first user turn only, then user and assistant turns alternate."""
+    from omnimodal_molecule.demo import QUESTIONS
+
+    kind_of = {question: kind for kind, (question, _, _) in QUESTIONS.items()}
+    out = []
+    for r in records:
+        messages = r["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+        molecule = messages[0]["content"][0]
+        assert molecule["type"] == "molecule"
+        kinds = []
+        for i in range(0, len(messages), 2):
+            *media, question = messages[i]["content"]
+            assert media == ([molecule] if i == 0 else []) and question["type"] == "text"
+            kinds.append(kind_of[question["text"]])
+            out.append((molecule["smiles"], kinds[-1], messages[i + 1]["content"][0]["text"]))
+        assert len(set(kinds)) == len(kinds)  # one question once per conversation
+        if "kind" in r:
+            assert len(kinds) == 1 and r["kind"] == kinds[0]
+    return out
+
+
 def test_demo_is_deterministic_balanced_and_split_by_molecule(molecule_demo, tmp_path):
     from omnimodal_molecule.demo import QUESTIONS, build
 
@@ -353,15 +377,16 @@ def test_demo_is_deterministic_balanced_and_split_by_molecule(molecule_demo, tmp
     molecules = {}
     for split, path in molecule_demo.items():
         recs = _records(path)
-        molecules[split] = {Chem.MolToSmiles(Chem.MolFromSmiles(r["messages"][0]["content"][0]["smiles"])) for r in recs}
-        for kind, (question, answers, answer_of) in QUESTIONS.items():
-            mine = [r for r in recs if r["kind"] == kind]
-            got = [r["messages"][1]["content"][0]["text"] for r in mine]
+        turns = _turns(recs)
+        if split != "train":  # held-out records ask one question each
+            assert all(len(r["messages"]) == 2 and "kind" in r for r in recs)
+        molecules[split] = {Chem.MolToSmiles(Chem.MolFromSmiles(smiles)) for smiles, _, _ in turns}
+        for kind, (_, answers, answer_of) in QUESTIONS.items():
+            mine = [(smiles, answer) for smiles, k, answer in turns if k == kind]
+            got = [answer for _, answer in mine]
             assert {a: got.count(a) for a in answers} == {a: SMALL[split] // len(answers) for a in answers}
-            for r in mine:  # answers are RDKit's
-                user = r["messages"][0]["content"]
-                assert user[1] == {"type": "text", "text": question}
-                assert answer_of(Chem.MolFromSmiles(user[0]["smiles"])) == r["messages"][1]["content"][0]["text"]
+            for smiles, answer in mine:  # answers are RDKit's
+                assert answer_of(Chem.MolFromSmiles(smiles)) == answer
     assert not molecules["train"] & molecules["test"]
     assert not molecules["train"] & molecules["val"]
     assert not molecules["val"] & molecules["test"]
@@ -396,11 +421,32 @@ def test_demo_train_answers_stay_balanced_when_molecules_run_short(tmp_path):
     from omnimodal_molecule.demo import build
 
     paths = build(tmp_path, seed=0, sizes={"train": 800, "val": 2, "test": 2})
-    acid = [r for r in _records(paths["train"]) if r["kind"] == "acid"]
-    answers = Counter(r["messages"][1]["content"][0]["text"] for r in acid)
-    assert answers == {"yes": 400, "no": 400}
-    uses = Counter(r["messages"][0]["content"][0]["smiles"] for r in acid if r["messages"][1]["content"][0]["text"] == "yes")
+    acid = [(smiles, answer) for smiles, kind, answer in _turns(_records(paths["train"])) if kind == "acid"]
+    assert Counter(answer for _, answer in acid) == {"yes": 400, "no": 400}
+    uses = Counter(smiles for smiles, answer in acid if answer == "yes")
     assert len(uses) < 400 and max(uses.values()) == 2  # every molecule once before any twice
+
+
+def test_demo_training_conversations_ask_each_molecule_its_balanced_picks_at_once(molecule_demo, tmp_path):
+    """``multi_turn=True`` training records hold exactly the default build's picks (so answers
+    stay balanced), grouped per molecule; validation and test are byte-identical either way."""
+    from collections import Counter
+
+    from omnimodal_molecule.demo import build
+
+    multi = build(tmp_path, seed=0, sizes=SMALL, multi_turn=True)
+    for split in ("val", "test"):
+        assert multi[split].read_bytes() == molecule_demo[split].read_bytes()
+    flat, grouped = _records(molecule_demo["train"]), _records(multi["train"])
+    assert all(len(r["messages"]) == 2 for r in flat)
+    assert Counter(_turns(grouped)) == Counter(_turns(flat))
+    assert len(grouped) < len(flat)  # molecules picked for several questions are encoded once
+    opened = Counter(r["messages"][0]["content"][0]["smiles"] for r in grouped)
+    picks = Counter((smiles, kind) for smiles, kind, _ in _turns(flat))
+    most: dict[str, int] = {}  # a molecule's conversations: its most picks for one question
+    for (smiles, _), n in picks.items():
+        most[smiles] = max(most.get(smiles, 0), n)
+    assert opened == most
 
 
 def test_demo_default_sizes():

@@ -42,11 +42,28 @@ def question_text(record: Record) -> str:
     return "\n".join(_text(m) for m in prompt_messages(record) if m["role"] != "assistant").strip()
 
 
+def qa_turns(record: Record) -> list[tuple[str, str]]:
+    """``(question, answer)`` per assistant turn: the text of the messages since the previous
+    assistant turn (system and user; media removed, trimmed), and the answer's text.
+
+    For a single-turn record it is ``[(question_text(record), answer_text(record))]``.
+    """
+    out, asked = [], []
+    for m in record.messages:
+        if m["role"] == "assistant":
+            out.append(("\n".join(asked).strip(), _text(m)))
+            asked = []
+        else:
+            asked.append(_text(m))
+    return out
+
+
 def training_texts(records: Iterable[Record]) -> Iterator[str]:
-    """Each record's question and answer text, streamed (what a scratch tokenizer learns from)."""
+    """Each turn's question and answer text, streamed (what a scratch tokenizer learns from)."""
     for record in records:
-        yield question_text(record)
-        yield answer_text(record)
+        for question, answer in qa_turns(record):
+            yield question
+            yield answer
 
 
 def _label_runs(labels: list[int]) -> list[tuple[int, int]]:

@@ -5,7 +5,9 @@ per modality and kind, beside three baselines (``eval.json``).
   test set (per item ``1/|answers|``).
 - ``blind_frequent`` (also under its old key ``blind``): each question answered with the answer
   most often given to that same question text in training: the best any model that cannot see
-  (hear, read) the media can do.
+  (hear, read) the media can do. A question is the text asked since the previous answer
+  (:func:`~omnimodal.data.dataset.qa_turns`), so every turn of a multi-turn training
+  conversation counts, and a test record is keyed by its last question.
 - ``blind_model``: the same model asked the same questions with the media parts removed.
 
 Benchmark-style task files are :mod:`omnimodal.eval.runner`'s; this is the run's own test file.
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, question_text
+from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, qa_turns
 from omnimodal.data.records import Record
 
 
@@ -34,16 +36,17 @@ def normalise(text: str) -> str:
 def blind_baseline(records: Iterable[Record]) -> dict[str, Any]:
     """Most frequent training answer per question text, with a global fallback.
 
-    One streaming pass; ties go to the answer seen first. A question seen with one answer so
-    far costs one packed int (count and answer id), so millions of distinct questions fit.
+    Every assistant turn of every record counts, keyed by the text asked since the previous
+    answer (:func:`~omnimodal.data.dataset.qa_turns`). One streaming pass; ties go to the
+    answer seen first. A question seen with one answer so far costs one packed int (count and
+    answer id), so millions of distinct questions fit.
     """
     answer_ids: dict[str, int] = {}
     single: dict[str, int] = {}  # question -> count << 32 | answer id (one distinct answer so far)
     several: dict[str, Counter] = {}  # question -> Counter of answer ids
     overall: Counter = Counter()
-    for r in records:
-        a = answer_ids.setdefault(normalise(answer_text(r)), len(answer_ids))
-        q = question_text(r)
+    for q, answer in (turn for r in records for turn in qa_turns(r)):
+        a = answer_ids.setdefault(normalise(answer), len(answer_ids))
         overall[a] += 1
         if q in several:
             several[q][a] += 1
@@ -69,8 +72,8 @@ def blind_baseline(records: Iterable[Record]) -> dict[str, Any]:
 
 
 def blind_answer(baseline: dict[str, Any], record: Record) -> str:
-    """The blind baseline's answer to ``record``."""
-    return baseline["answers"].get(question_text(record), baseline.get("fallback", ""))
+    """The blind baseline's answer to ``record``'s last question."""
+    return baseline["answers"].get(qa_turns(record)[-1][0], baseline.get("fallback", ""))
 
 
 def record_modality(record: Record, part_types: dict[str, str]) -> str:

@@ -5,6 +5,10 @@ all high or all low, or glides, all rising or all falling; the whole clip is lou
 Every clip gives three questions: how many beeps, loud or quiet, and either the pitch (steady
 clips) or the contour (glides). Each split is balanced: every answer of every question occurs
 equally often (within one), so the blind baseline is 1/3 on counts and 1/2 elsewhere.
+
+Every record asks one question. ``build(..., multi_turn=True)`` instead makes one training
+conversation per clip with its three questions (in a random order; validation and test are
+unchanged); it is not the default (see the vision demo's note).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnimodal.demo import qa_record, write_jsonl
+from omnimodal.demo import conversation_record, qa_record, write_jsonl
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 2.0
@@ -89,8 +93,12 @@ def _plan(rng: random.Random, n: int) -> list[tuple[int, tuple[str, str], str]]:
     return plan
 
 
-def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, Path]:
-    """Write WAV clips and ``{train,val,test}.jsonl`` under ``root``; return the JSONL paths."""
+def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = False) -> dict[str, Path]:
+    """Write WAV clips and ``{train,val,test}.jsonl`` under ``root``; return the JSONL paths.
+
+    ``multi_turn``: one training conversation per clip with its three questions; ``False``:
+    one training record per question (as validation and test always are).
+    """
     import soundfile as sf
 
     root = Path(root)
@@ -98,14 +106,18 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
     out: dict[str, Path] = {}
     for split_index, (split, n) in enumerate(sorted(sizes.items())):
         rng = random.Random(f"{seed}-{split_index}-{split}")
+        order_rng = random.Random(f"{seed}-{split}-question-order")  # apart from rng: same clips either way
         (root / "clips" / split).mkdir(parents=True, exist_ok=True)
         records = []
         for i, (count, (kind, value), loudness) in enumerate(_plan(rng, n)):
             rel = f"clips/{split}/{i:05d}.wav"
             sf.write(root / rel, make_clip(rng, count, kind, value, loudness), SAMPLE_RATE, subtype="PCM_16")
-            records.append(_record(rel, "count", COUNT_WORDS[count]))
-            records.append(_record(rel, kind, value))
-            records.append(_record(rel, "loudness", loudness))
+            facts = [("count", COUNT_WORDS[count]), (kind, value), ("loudness", loudness)]
+            if multi_turn and split == "train":
+                order_rng.shuffle(facts)
+                records.append(conversation_record({"type": "audio", "path": rel}, [(QUESTIONS[k], a) for k, a in facts]))
+            else:
+                records += [_record(rel, k, a) for k, a in facts]
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
         write_jsonl(path, records)

@@ -11,6 +11,12 @@ the from-scratch GINE learns the yes/no *presence* features (halogen, hydroxyl, 
 nitrogen) far more slowly than counts under the LLM's gradient. With 300 per question the
 joint demo stayed near chance on them (molecules 69%); with 900 (and smaller vision/audio
 sets, same wall time) it reached 92%.
+
+Every record asks one question. ``build(..., multi_turn=True)`` instead groups the balanced
+training picks per molecule: one conversation asks a molecule all the questions it was picked
+for (in a random order), so the answers stay exactly as balanced; a molecule picked twice for
+one question (reuse, above) gets a second conversation. Validation and test are unchanged. It
+is not the default (see the vision demo's note).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 from rdkit import Chem, RDConfig, rdBase
 from rdkit.Chem import rdMolDescriptors
 
-from omnimodal.demo import qa_record, write_jsonl
+from omnimodal.demo import conversation_record, qa_record, write_jsonl
 from omnimodal.errors import DataError, MediaError
 from omnimodal_molecule.chem import mol_from_smiles
 
@@ -118,10 +124,29 @@ def split_molecules(molecules: list, seed: int) -> dict[str, list]:
     return {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
 
 
-def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, Path]:
+def group_by_molecule(picks: list[tuple[str, str, str]], rng: random.Random) -> list[dict]:
+    """Multi-turn records from ``(smiles, kind, answer)`` picks: one conversation per molecule
+    with each question it was picked for (shuffled); the n-th pick of one molecule for one
+    question goes to its n-th conversation. Every pick is asked exactly once."""
+    conversations: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for smiles, kind, answer in picks:
+        n = seen.get((smiles, kind), 0)
+        seen[(smiles, kind)] = n + 1
+        conversations.setdefault((smiles, n), []).append((kind, answer))
+    records = []
+    for (smiles, _), turns in conversations.items():
+        rng.shuffle(turns)
+        records.append(conversation_record({"type": "molecule", "smiles": smiles}, [(QUESTIONS[k][0], a) for k, a in turns]))
+    return records
+
+
+def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = False) -> dict[str, Path]:
     """Write ``{train,val,test}.jsonl`` under ``root``; return the paths.
 
     ``sizes`` overrides ``RECORDS_PER_QUESTION`` (records per question kind per split).
+    ``multi_turn``: training picks grouped per molecule (:func:`group_by_molecule`); ``False``:
+    one training record per question (as validation and test always are).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +155,7 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
     out: dict[str, Path] = {}
     for split in ("train", "val", "test"):
         rng = random.Random(f"{seed}-molecule-{split}")
-        records = []
+        picks: list[tuple[str, str, str]] = []
         for kind, (_, answers, answer_of) in QUESTIONS.items():
             by_answer: dict[str, list[str]] = {a: [] for a in answers}
             for smiles, _, mol in pools[split]:
@@ -146,7 +171,11 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> dic
                 picked: list[str] = []
                 while len(picked) < per_answer:  # train: all molecules once before any twice
                     picked += rng.sample(group, min(len(group), per_answer - len(picked)))
-                records += [_record(s, kind, answer) for s in picked]
+                picks += [(s, kind, answer) for s in picked]
+        if multi_turn and split == "train":
+            records = group_by_molecule(picks, rng)
+        else:
+            records = [_record(s, kind, answer) for s, kind, answer in picks]
         rng.shuffle(records)
         path = root / f"{split}.jsonl"
         write_jsonl(path, records)
