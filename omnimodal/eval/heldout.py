@@ -24,13 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from omnimodal.data.dataset import (
-    Collator,
-    ConversationDataset,
-    answer_text,
-    qa_turns,
-    question_text,
-)
+from omnimodal.data.dataset import Collator, ConversationDataset, answer_text, qa_turns
 from omnimodal.data.records import Record
 
 
@@ -78,11 +72,8 @@ def blind_baseline(records: Iterable[Record]) -> dict[str, Any]:
 
 
 def blind_answer(baseline: dict[str, Any], record: Record) -> str:
-    """The blind baseline's answer to ``record``'s last question (its whole prompt when it
-    holds no answer yet)."""
-    turns = qa_turns(record)
-    question = turns[-1][0] if turns else question_text(record)
-    return baseline["answers"].get(question, baseline.get("fallback", ""))
+    """The blind baseline's answer to ``record``'s last question."""
+    return baseline["answers"].get(qa_turns(record)[-1][0], baseline.get("fallback", ""))
 
 
 def record_modality(record: Record, part_types: dict[str, str]) -> str:
