@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,9 +53,11 @@ def make_data(root: Path, n: int, image_size: int, seed: int = 0) -> Path:
     """``n`` conversations: 0-2 images, a question of 4-30 words, an answer of 1-300 words."""
     from PIL import Image, ImageDraw
 
+    from omnimodal.demo import write_jsonl
+
     rng = random.Random(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    lines = []
+    records = []
     for i in range(n):
         parts: list[dict[str, Any]] = []
         for j in range(rng.choice((0, 1, 1, 2))):
@@ -70,12 +71,10 @@ def make_data(root: Path, n: int, image_size: int, seed: int = 0) -> Path:
             parts.append({"type": "image", "path": rel})
         question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + "?"
         answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 300))) + "."
-        lines.append(json.dumps({"messages": [
+        records.append({"messages": [
             {"role": "user", "content": [*parts, {"type": "text", "text": question}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}))
-    path = root / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]})
+    return write_jsonl(root / "train.jsonl", records)
 
 
 def build_parts(root: Path, train: Path, tiny: bool) -> dict[str, Any]:
@@ -260,7 +259,6 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model and images: checks the path on a CPU")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
     cuda = torch.cuda.is_available()
     if cuda:

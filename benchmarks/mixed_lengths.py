@@ -24,7 +24,6 @@ tokens/s over the epoch (loading, collation, forward, backward and optimizer ste
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -52,9 +51,11 @@ def make_data(root: Path, records: int, seed: int = 0) -> Path:
     import soundfile as sf
     from PIL import Image
 
+    from omnimodal.demo import write_jsonl
+
     rng = random.Random(seed)
     (root / "media").mkdir(parents=True, exist_ok=True)
-    lines = []
+    rows = []
     for i in range(records):
         media = []
         for j in range(rng.randint(0, 3)):
@@ -71,12 +72,10 @@ def make_data(root: Path, records: int, seed: int = 0) -> Path:
                 media.append({"type": "audio", "path": path})
         answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 200)))
         question = "Describe " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))) + "."
-        lines.append(json.dumps({"messages": [
+        rows.append({"messages": [
             {"role": "user", "content": [*media, {"type": "text", "text": question}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}))
-    path = root / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]})
+    return write_jsonl(root / "train.jsonl", rows)
 
 
 def build_model(train: Path, width: int, layers: int):

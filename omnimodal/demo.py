@@ -15,13 +15,7 @@ log = logging.getLogger(__name__)
 
 def qa_record(part: dict, question: str, answer: str, kind: str) -> dict:
     """One demo record: a user turn with a media ``part`` and a question, then the answer."""
-    return {
-        "kind": kind,
-        "messages": [
-            {"role": "user", "content": [part, {"type": "text", "text": question}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-    }
+    return conversation_record(part, [(question, answer)], kind)
 
 
 def conversation_record(part: dict, turns: list[tuple[str, str]], kind: str | None = None) -> dict:

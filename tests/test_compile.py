@@ -12,6 +12,7 @@ from omnimodal.training.datamodule import OmniDataModule
 from omnimodal.training.module import OmniLightningModule, compile_options
 
 from .conftest import texts_of, tiny_decoder_cfg, tiny_vision_cfg
+from .test_training import TINY
 
 
 def test_compile_options_accept_a_flag_or_torch_compile_arguments():
@@ -77,11 +78,8 @@ def test_trainer_compile_reaches_the_run_from_the_config(vision_demo, tmp_path):
     """``trainer.compile`` is omnimodal's key (Lightning's Trainer would reject it) and the run
     trains, evaluates and saves a model that loads back."""
     data = [f"data.{split}={vision_demo[split]}" for split in ("train", "val", "test")]
-    tiny = ["decoder.hidden_size=64", "decoder.intermediate_size=128", "decoder.num_hidden_layers=2",
-            "decoder.num_attention_heads=4", "decoder.num_key_value_heads=4", "decoder.tokenizer.vocab_size=400",
-            "modalities.vision.encoder.width=32", "modalities.vision.encoder.depth=1"]
-    cfg = omnimodal.compose(["modalities=[vision]", *tiny, *data, "trainer.max_steps=2", "trainer.max_epochs=1",
-                             "trainer.compile={backend: aot_eager}", "trainer.enable_progress_bar=false"])
+    cfg = omnimodal.compose(["modalities=[vision]", *TINY, *data, "trainer.max_steps=2", "trainer.max_epochs=1",
+                             "trainer.compile={backend: aot_eager}"])
     torch._dynamo.reset()
     run = omnimodal.fit(cfg, output_dir=tmp_path / "run")
     assert run.summary["global_step"] == 2 and run.eval["vision"]["overall"]["n"] > 0
