@@ -166,3 +166,63 @@ def test_siglip2_tower_offline_at_variable_resolution(tmp_path):
         a, _ = model.encode_media("vision", mod.collate([items[1].features]))
         b, _ = loaded.encode_media("vision", loaded.modalities["vision"].collate([again.features]))
     torch.testing.assert_close(a, b)
+
+
+# ---- the fast pixel path for fixed-resolution towers ---------------------------------------------
+def _processors():
+    import transformers
+
+    return {
+        "clip": transformers.CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 40, "width": 48}),
+        "clip-default": transformers.CLIPImageProcessor(),
+        "siglip": transformers.SiglipImageProcessor(size={"height": 40, "width": 56}),
+    }
+
+
+def _images():
+    rng = np.random.default_rng(3)
+    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((64, 64), (33, 91), (250, 17), (640, 480))]
+    return [*noise, Image.new("RGB", (10, 10), (255, 255, 255)), Image.new("RGB", (300, 120), (0, 0, 0))]
+
+
+@pytest.mark.parametrize("name", ["clip", "clip-default", "siglip"])
+def test_fast_pixels_equal_the_processor_bit_for_bit(name):
+    """The data worker's fast path gives exactly the tower processor's pixel values (resize,
+    crop, rescale, normalise), on square, tall, wide, tiny and large images."""
+    from omnimodal_vision.pixels import fast_pixels
+
+    proc = _processors()[name]
+    fast = fast_pixels(proc)
+    assert fast is not None
+    for image in _images():
+        want = proc(images=image, return_tensors="pt")["pixel_values"][0]
+        got = fast(image)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert torch.equal(got, want), (name, image.size)
+
+
+def test_vision_modality_takes_the_fast_path_for_a_clip_tower(tmp_path):
+    path, _ = _save_tower(tmp_path, "clip")
+    mod = vision({**tiny_vision_cfg(), "encoder": {"kind": "hf", "path": str(path), "feature_layer": -1, "features": "patch"}})
+    image = _images()[1]
+    px = mod.prepare(image, "t").features["pixel_values"]
+    assert mod.fast_pixels is not None
+    assert torch.equal(px, mod.processor(images=image, return_tensors="pt")["pixel_values"][0])
+
+
+def test_fast_pixels_refuse_what_they_do_not_reproduce(monkeypatch):
+    """Padding crops, unknown steps and a result that differs on a probe image all leave the
+    processor in charge (``None``)."""
+    import transformers
+    from omnimodal_vision import pixels
+
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 40, "width": 40})
+    assert pixels.fast_pixels(proc) is None  # the crop is larger than the resized image: HF pads
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc.do_pad = True
+    assert pixels.fast_pixels(proc) is None  # a step it does not do
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    assert pixels.fast_pixels(proc) is not None
+    call = pixels.TowerPixels.__call__
+    monkeypatch.setattr(pixels.TowerPixels, "__call__", lambda self, image: call(self, image) + 1e-6)
+    assert pixels.fast_pixels(proc) is None  # the probe check catches any difference

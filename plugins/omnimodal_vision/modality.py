@@ -33,6 +33,7 @@ class VisionModality(Modality):
         if self.cfg.get("resize", "squash") not in ("squash", "pad"):
             raise ConfigError(f"vision.resize must be 'squash' or 'pad', got {self.cfg.get('resize')!r}")
         self.processor = None
+        self.fast_pixels = None  # the processor's PIL path redone faster, when it gives the same pixels
         self._tower: dict[str, Any] | None = None
 
     # ---- data side -------------------------------------------------------------------
@@ -70,14 +71,22 @@ class VisionModality(Modality):
         return image.convert("RGB")
 
     def image_processor(self):
-        """The pretrained tower's own image processor (loaded on first use), or None for a ViT."""
+        """The pretrained tower's own image processor (loaded on first use), or None for a ViT.
+
+        Where :func:`~omnimodal_vision.pixels.fast_pixels` reproduces it exactly (CLIP- and
+        SigLIP-style PIL processors, checked on probe images), preprocessing takes that path."""
         enc = self.cfg["encoder"]
         if self.processor is None and enc["kind"] == "hf" and enc.get("path"):
+            from omnimodal_vision.pixels import fast_pixels
+
             self.processor = _load_processor(enc["path"])
+            self.fast_pixels = fast_pixels(self.processor)
         return self.processor
 
     def preprocess(self, loaded: Image.Image, source: str) -> dict[str, Any]:
         if self.image_processor() is not None:
+            if self.fast_pixels is not None:
+                return {"pixel_values": self.fast_pixels(loaded)}
             out = self.processor(images=loaded, return_tensors="pt")
             if "spatial_shapes" in out:  # SigLIP2: keep this image's own patches only
                 shape = out["spatial_shapes"][0].long()
