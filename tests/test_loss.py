@@ -183,6 +183,69 @@ def test_two_rank_ddp_gives_the_gradients_of_one_process(tmp_path, vision_demo):
     assert _close(runs[2], runs[1]) < 1e-4
 
 
+DDP_SKIP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import lightning as L, torch
+    sys.path.insert(0, {root!r})
+    from tests.conftest import texts_of, tiny_decoder_cfg, tiny_vision_cfg
+    from tests.test_loss import FULL, _records
+    from omnimodal.model import OmniModel
+    from omnimodal.training.datamodule import OmniDataModule
+    from omnimodal.training.module import OmniLightningModule
+
+    class NaNOnRank1(OmniLightningModule):  # the second batch of rank 1 only gives a NaN loss
+        calls = 0
+
+        def _step(self, batch, reduction="mean"):
+            loss = super()._step(batch, reduction)
+            self.calls += 1
+            return loss * float("nan") if self.trainer.global_rank == 1 and self.calls == 2 else loss
+
+    out = sys.argv[1]
+    demo = {{"train": __import__("pathlib").Path({train!r})}}
+    torch.manual_seed(0)
+    model = OmniModel.from_config({{"decoder": tiny_decoder_cfg(), "modalities": {{"vision": tiny_vision_cfg()}}}},
+                                  texts=texts_of([demo["train"]]))
+    data = __import__("pathlib").Path(out).with_suffix(".jsonl")
+    if int(__import__("os").environ.get("LOCAL_RANK", 0)) == 0:
+        data.write_text("".join(json.dumps({{"messages": r.messages}}) + "\\n" for r in _records(demo, 16)))
+    dm = OmniDataModule({{"batch_size": 2, "num_workers": 0, "max_length": 256, "seed": 0}},
+                        {{"train": [data], "val": [], "test": []}}, model.tokenizer, model.modalities, model.placeholder_ids)
+    module = NaNOnRank1(model, FULL, skip_nonfinite=True)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=None)
+    trainer.fit(module, datamodule=dm)
+    torch.save({{"rank": trainer.global_rank, "skipped": module.nonfinite_skipped, "step": trainer.global_step,
+                "weights": {{k: v.clone() for k, v in module.model.state_dict().items()}}}},
+               f"{{out}}.{{trainer.global_rank}}")
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_on_one_ddp_rank_skips_the_step_on_every_rank(tmp_path, vision_demo):
+    """Under DDP with ``trainer.skip_nonfinite``, a NaN on one rank skips that optimizer step on
+    all ranks together (no rank waits in a gradient all-reduce the other never joins), the
+    ranks' weights stay identical and finite, the run goes on to its last step, and every rank
+    reports the records of the rank whose loss was NaN."""
+    script = tmp_path / "ddp_skip.py"
+    script.write_text(DDP_SKIP_SCRIPT.format(root=str(ROOT), train=str(vision_demo["train"])))
+    out = tmp_path / "skip.pt"
+    r = subprocess.run([PYTHON, str(script), str(out)], capture_output=True, text=True, timeout=400, cwd=tmp_path, env=cli_env())
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    ranks = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    for res in ranks:
+        assert res["step"] == 3
+        assert len(res["skipped"]) == 1 and "step 1," in res["skipped"][0]
+        # every rank names the records of the rank whose loss was NaN, not its own finite batch
+        assert "rank 1:" in res["skipped"][0] and "rank 0:" not in res["skipped"][0] and "(loss nan)" in res["skipped"][0]
+    w0, w1 = ranks[0]["weights"], ranks[1]["weights"]
+    assert all(torch.isfinite(v).all() for v in w0.values() if v.is_floating_point())
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), "the ranks' weights diverged"
+
+
 @pytest.mark.slow
 def test_model_is_saved_before_evaluation_and_a_failed_evaluation_says_so(tmp_path, vision_demo):
     run = tmp_path / "run"

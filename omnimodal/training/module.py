@@ -234,17 +234,35 @@ class OmniLightningModule(L.LightningModule):
         """Stop naming the batch's records, or (``trainer.skip_nonfinite``) skip the whole step."""
         from omnimodal.errors import NonFiniteLossError
 
-        sources = ", ".join(batch.get("sources") or []) or "(sources unknown)"
+        sources = self._nonfinite_sources(batch, loss)
         where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
         if not self.skip_nonfinite:
             raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss.detach())}) at {where}; the batch's records: "
+                f"non-finite training loss at {where}; the batch's records: "
                 f"{sources}. Set trainer.skip_nonfinite=true to skip such steps instead (counted and "
                 "reported)."
             )
         self._window_bad = True
         self.nonfinite_skipped.append(f"{where}: {sources}")
+        if self.trainer.world_size > 1:
+            # Lightning refuses a skipped (None) step under DDP, and every rank must join the
+            # gradient all-reduce: backpropagate a zero that touches each trainable parameter
+            # (finite, unlike 0 * NaN); on_before_optimizer_step then drops the gradients.
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         return None
+
+    def _nonfinite_sources(self, batch: dict[str, Any], loss: torch.Tensor) -> str:
+        """The records of the batch whose loss is non-finite (the loss value with them); under
+        DDP, of every rank whose loss is, gathered (all ranks are here together: they agreed)."""
+        sources = ", ".join(batch.get("sources") or []) or "(sources unknown)"
+        value = float(loss.detach())
+        if self.trainer.world_size == 1:
+            return f"{sources} (loss {value})"
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.trainer.world_size
+        dist.all_gather_object(gathered, (value, sources))
+        return "; ".join(f"rank {r}: {s} (loss {v})" for r, (v, s) in enumerate(gathered) if not math.isfinite(v))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Drop a step holding a non-finite loss; under accumulation, divide the gradients by the
