@@ -230,8 +230,9 @@ class OmniLightningModule(L.LightningModule):
             bad, total = both[0], (both[1] if total is not None else None)
         return not bool(bad), total
 
-    def _nonfinite(self, batch: dict[str, Any], batch_idx: int, loss: torch.Tensor) -> None:
-        """Stop naming the batch's records, or (``trainer.skip_nonfinite``) skip the whole step."""
+    def _nonfinite(self, batch: dict[str, Any], batch_idx: int, loss: torch.Tensor) -> torch.Tensor | None:
+        """Stop naming the batch's records, or (``trainer.skip_nonfinite``) skip the whole step:
+        ``None`` (no backward), or under DDP a zero loss that every rank backpropagates."""
         from omnimodal.errors import NonFiniteLossError
 
         sources = self._nonfinite_sources(batch, loss)
