@@ -182,14 +182,17 @@ class OmniLightningModule(L.LightningModule):
         batch would otherwise hang or crash it (``find_unused_parameters`` costs a graph walk
         per step instead).
         """
+        idle = [part for name in self.model.modalities if name not in batch["media"]
+                for part in (self.model.encoders[name], self.model.projectors[name])]
+        return self._zero_touch(p for part in idle for p in part.parameters())
+
+    def _zero_touch(self, params) -> torch.Tensor:
+        """A zero loss that each trainable parameter of ``params`` takes part in (so DDP's
+        gradient all-reduce counts them used; finite even where the batch's loss is not)."""
         total = torch.zeros((), device=self.device)
-        for name in self.model.modalities:
-            if name in batch["media"]:
-                continue
-            for part in (self.model.encoders[name], self.model.projectors[name]):
-                for p in part.parameters():
-                    if p.requires_grad:
-                        total = total + p.sum() * 0.0
+        for p in params:
+            if p.requires_grad:
+                total = total + p.sum() * 0.0
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
@@ -247,9 +250,9 @@ class OmniLightningModule(L.LightningModule):
         self.nonfinite_skipped.append(f"{where}: {sources}")
         if self.trainer.world_size > 1:
             # Lightning refuses a skipped (None) step under DDP, and every rank must join the
-            # gradient all-reduce: backpropagate a zero that touches each trainable parameter
-            # (finite, unlike 0 * NaN); on_before_optimizer_step then drops the gradients.
-            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            # gradient all-reduce: backpropagate a zero (finite, unlike 0 * NaN) through every
+            # trainable parameter; on_before_optimizer_step then drops the gradients.
+            return self._zero_touch(self.model.parameters())
         return None
 
     def _nonfinite_sources(self, batch: dict[str, Any], loss: torch.Tensor) -> str:
