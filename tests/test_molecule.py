@@ -449,29 +449,12 @@ def test_demo_training_conversations_ask_each_molecule_its_balanced_picks_at_onc
     assert opened == most
 
 
-def test_demo_train_sizes_can_differ_per_question(tmp_path):
-    from collections import Counter
-
-    from omnimodal_molecule.demo import QUESTIONS, build
-
-    per_kind = {kind: 12 if len(answers) == 2 else 2 * len(answers) for kind, (_, answers, _) in QUESTIONS.items()}
-    paths = build(tmp_path, seed=0, sizes={"train": per_kind, "val": 4, "test": 4})
-    asked = Counter((kind, answer) for _, kind, answer in _turns(_records(paths["train"])))
-    assert asked == {(kind, a): per_kind[kind] // len(answers) for kind, (_, answers, _) in QUESTIONS.items() for a in answers}
-
-
 def test_demo_default_sizes():
-    from omnimodal_molecule.demo import QUESTIONS, records_per_question
+    from omnimodal_molecule.demo import QUESTIONS, RECORDS_PER_QUESTION
 
-    def total(split):
-        return sum(records_per_question(split, kind) for kind in QUESTIONS)
-
-    assert 5000 <= total("train") <= 7000
-    assert 100 <= total("val") <= 200
-    assert 250 <= total("test") <= 400
-    # the yes/no presence questions, learned late inside the language model, get more records
-    for kind, (_, answers, _) in QUESTIONS.items():
-        assert records_per_question("train", kind) >= (1200 if answers == ("yes", "no") else 400)
+    assert 5000 <= len(QUESTIONS) * RECORDS_PER_QUESTION["train"] <= 7000
+    assert 100 <= len(QUESTIONS) * RECORDS_PER_QUESTION["val"] <= 200
+    assert 250 <= len(QUESTIONS) * RECORDS_PER_QUESTION["test"] <= 400
 
 
 # ---- a training step with molecules and images in one batch ----------------------------------------

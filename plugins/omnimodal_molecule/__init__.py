@@ -58,7 +58,7 @@ def omnimodal_demo_data():
         DemoSpec(
             "molecule",
             "omnimodal_molecule.demo:build",
-            version="4",
+            version="3",
             description="molecule QA on RDKit's NCI first_5K set (rings, elements, groups)",
         )
     ]

@@ -6,15 +6,11 @@ The split is by molecule (canonical SMILES): no molecule appears in two splits. 
 the plugin's parser rejects (a few valence errors in the NCI file), salts/mixtures and molecules outside
 3-40 heavy atoms are left out of the pool.
 
-Training records per question (6,294 in all, about half of the default demo's steps): 450
-for each counting question and 1,236 for each yes/no *presence* question (halogen, hydroxyl,
-acid, nitrogen). Inside the language model the presence questions are learned far more
-slowly than the counts: the encoder reads them at once (``benchmarks/molecule_demo_probe.py``:
-one epoch with a head per question), but the model must learn which of four yes/no questions
-asks about which rare part of the molecule. With 300 records per question the joint demo
-stayed near chance on them (molecules 69%); 900 per question reached 88-94% in 8 epochs with
-nitrogen at 67-77%; moving records from the counts to the presence questions (same total)
-raised a 3-epoch molecule-only run from 76.5% to 87.2% (README, "Demo speed").
+Why 900 training records per question (6,300 in all, about half of the default demo's steps):
+the from-scratch GINE learns the yes/no *presence* features (halogen, hydroxyl, acid,
+nitrogen) far more slowly than counts under the LLM's gradient. With 300 per question the
+joint demo stayed near chance on them (molecules 69%); with 900 (and smaller vision/audio
+sets, same wall time) it reached 92%.
 
 Every record asks one question. ``build(..., multi_turn=True)`` instead groups the balanced
 training picks per molecule: one conversation asks a molecule all the questions it was picked
@@ -81,20 +77,9 @@ QUESTIONS: dict[str, tuple[str, tuple[str, ...], Callable[[Chem.Mol], str]]] = {
     "acid": ("Does it have a carboxylic acid group?", ("yes", "no"), lambda m: _yes(m.HasSubstructMatch(_ACID))),
 }
 
-#: Records per question per split (divided evenly among its answers): one number for every
-#: question, or one per question. Where a training answer has fewer molecules than that
-#: (carboxylic acids: ~350), its molecules are used again.
-RECORDS_PER_QUESTION: dict[str, int | dict[str, int]] = {
-    "train": {"rings": 450, "aromatic_rings": 450, "size": 450, "nitrogen": 1236, "halogen": 1236, "hydroxyl": 1236, "acid": 1236},
-    "val": 20,
-    "test": 48,
-}
-
-
-def records_per_question(split: str, kind: str, sizes: dict[str, int | dict[str, int]] | None = None) -> int:
-    """Records of question ``kind`` in ``split``: ``sizes`` (as ``RECORDS_PER_QUESTION``) first."""
-    n = (sizes or {}).get(split, RECORDS_PER_QUESTION[split])
-    return n[kind] if isinstance(n, dict) else n
+#: Records per question per split (divided evenly among its answers). Where a training answer
+#: has fewer molecules than that (carboxylic acids: ~350), its molecules are used again.
+RECORDS_PER_QUESTION = {"train": 900, "val": 20, "test": 48}
 
 
 def load_molecules(source: Path = SOURCE) -> list[tuple[str, str, Chem.Mol]]:
@@ -156,16 +141,16 @@ def group_by_molecule(picks: list[tuple[str, str, str]], rng: random.Random) -> 
     return records
 
 
-def build(root: Path, seed: int = 0, sizes: dict[str, int | dict[str, int]] | None = None, multi_turn: bool = False) -> dict[str, Path]:
+def build(root: Path, seed: int = 0, sizes: dict[str, int] | None = None, multi_turn: bool = False) -> dict[str, Path]:
     """Write ``{train,val,test}.jsonl`` under ``root``; return the paths.
 
-    ``sizes`` overrides ``RECORDS_PER_QUESTION`` per split (records per question kind, one
-    number for all kinds or one per kind).
+    ``sizes`` overrides ``RECORDS_PER_QUESTION`` (records per question kind per split).
     ``multi_turn``: training picks grouped per molecule (:func:`group_by_molecule`); ``False``:
     one training record per question (as validation and test always are).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    per_question = dict(RECORDS_PER_QUESTION, **(sizes or {}))
     pools = split_molecules(load_molecules(), seed)
     out: dict[str, Path] = {}
     for split in ("train", "val", "test"):
@@ -175,7 +160,7 @@ def build(root: Path, seed: int = 0, sizes: dict[str, int | dict[str, int]] | No
             by_answer: dict[str, list[str]] = {a: [] for a in answers}
             for smiles, _, mol in pools[split]:
                 by_answer[answer_of(mol)].append(smiles)
-            per_answer = max(1, records_per_question(split, kind, sizes) // len(answers))
+            per_answer = max(1, per_question[split] // len(answers))
             for answer in answers:
                 group = by_answer[answer]
                 if not group or (split != "train" and len(group) < per_answer):  # val/test: no reuse
