@@ -44,16 +44,16 @@ def load_split(path: Path) -> list[tuple[str, str, str]]:
 class Probe(nn.Module):
     """The modality's encoder and projector, then per-question heads or one shared head."""
 
-    def __init__(self, modality, kinds: list[str], answers: list[str], shared: bool):
+    def __init__(self, modality, width: int, kinds: list[str], answers: list[str], shared: bool):
         super().__init__()
         self.encoder = modality.build_encoder()
-        self.projector = build_projector(modality.cfg["projector"], self.encoder.out_dim, 192)
+        self.projector = build_projector(modality.cfg["projector"], self.encoder.out_dim, width)
         self.kinds, self.answers, self.shared = kinds, answers, shared
         if shared:
-            self.question = nn.Embedding(len(kinds), 192)
-            self.head = nn.Sequential(nn.Linear(192, 512), nn.SiLU(), nn.Linear(512, len(answers)))
+            self.question = nn.Embedding(len(kinds), width)
+            self.head = nn.Sequential(nn.Linear(width, 512), nn.SiLU(), nn.Linear(512, len(answers)))
         else:
-            self.head = nn.Linear(192, len(kinds) * len(answers))
+            self.head = nn.Linear(width, len(kinds) * len(answers))
 
     def forward(self, features: dict[str, torch.Tensor], kinds: torch.Tensor) -> torch.Tensor:
         tokens, mask = self.projector(*self.encoder(**features))
@@ -67,7 +67,7 @@ class Probe(nn.Module):
 
 
 def run(
-    shared: bool, modality, train: list, test: list, epochs: int, seed: int = 0
+    shared: bool, modality, width: int, train: list, test: list, epochs: int, seed: int = 0
 ) -> dict[str, float]:
     kinds = sorted({k for _, k, _ in train})
     answers = sorted({a for _, _, a in train})
@@ -85,7 +85,7 @@ def run(
         )
 
     torch.manual_seed(seed)
-    model = Probe(modality, kinds, answers, shared)
+    model = Probe(modality, width, kinds, answers, shared)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     rng = random.Random(seed)
     acc: dict[str, float] = {}
@@ -133,12 +133,13 @@ def main() -> None:
         build(root, seed=0)
     cfg = OmegaConf.to_container(compose(["modalities=[molecule]"]), resolve=True)
     modality = build_modalities(cfg["modalities"])["molecule"]
+    width = int(cfg["decoder"]["hidden_size"])  # the demo decoder's width: the pseudo-tokens' size
     train, test = load_split(root / "train.jsonl"), load_split(root / "test.jsonl")
     rows = {}
     for shared in (False, True):
         start = time.perf_counter()
         rows["shared head" if shared else "per-question heads"] = run(
-            shared, modality, train, test, args.epochs
+            shared, modality, width, train, test, args.epochs
         )
         print(f"  {time.perf_counter() - start:.0f} s", flush=True)
     kinds = sorted(next(iter(rows.values())))
