@@ -41,19 +41,23 @@ def load_split(path: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
+#: set-up name by ``shared``
+LABELS = {False: "per-question heads", True: "shared head"}
+
+
 class Probe(nn.Module):
     """The modality's encoder and projector, then per-question heads or one shared head."""
 
-    def __init__(self, modality, width: int, kinds: list[str], answers: list[str], shared: bool):
+    def __init__(self, modality, width: int, n_kinds: int, n_answers: int, shared: bool):
         super().__init__()
         self.encoder = modality.build_encoder()
         self.projector = build_projector(modality.cfg["projector"], self.encoder.out_dim, width)
-        self.kinds, self.answers, self.shared = kinds, answers, shared
+        self.n_kinds, self.n_answers, self.shared = n_kinds, n_answers, shared
         if shared:
-            self.question = nn.Embedding(len(kinds), width)
-            self.head = nn.Sequential(nn.Linear(width, 512), nn.SiLU(), nn.Linear(512, len(answers)))
+            self.question = nn.Embedding(n_kinds, width)
+            self.head = nn.Sequential(nn.Linear(width, 512), nn.SiLU(), nn.Linear(512, n_answers))
         else:
-            self.head = nn.Linear(width, len(kinds) * len(answers))
+            self.head = nn.Linear(width, n_kinds * n_answers)
 
     def forward(self, features: dict[str, torch.Tensor], kinds: torch.Tensor) -> torch.Tensor:
         tokens, mask = self.projector(*self.encoder(**features))
@@ -62,7 +66,7 @@ class Probe(nn.Module):
             return self.head(
                 nn.functional.rms_norm(pooled, (pooled.shape[-1],)) + self.question(kinds)
             )
-        logits = self.head(pooled).view(len(kinds), len(self.kinds), len(self.answers))
+        logits = self.head(pooled).view(len(kinds), self.n_kinds, self.n_answers)
         return logits[torch.arange(len(kinds)), kinds]
 
 
@@ -85,7 +89,7 @@ def run(
         )
 
     torch.manual_seed(seed)
-    model = Probe(modality, width, kinds, answers, shared)
+    model = Probe(modality, width, len(kinds), len(answers), shared)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     rng = random.Random(seed)
     acc: dict[str, float] = {}
@@ -109,9 +113,8 @@ def run(
                 for (_, kind, _), ok in zip(rows, (model(features, k).argmax(-1) == y).tolist()):
                     hits.setdefault(kind, []).append(ok)
         acc = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
-        name = "shared head" if shared else "per-question heads"
         print(
-            f"  {name}, epoch {epoch + 1}: " + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()),
+            f"  {LABELS[shared]}, epoch {epoch + 1}: " + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()),
             flush=True,
         )
     return acc
@@ -138,7 +141,7 @@ def main() -> None:
     rows = {}
     for shared in (False, True):
         start = time.perf_counter()
-        rows["shared head" if shared else "per-question heads"] = run(
+        rows[LABELS[shared]] = run(
             shared, modality, width, train, test, args.epochs
         )
         print(f"  {time.perf_counter() - start:.0f} s", flush=True)
