@@ -35,6 +35,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -376,6 +377,7 @@ def startup(parts: dict[str, Any], root: Path, rounds: int) -> dict[str, float]:
     walls: dict[str, list[float]] = {"omnimodal": [], "plain": []}
     for r in range(rounds):
         for side in (("omnimodal", "plain") if r % 2 == 0 else ("plain", "omnimodal")):
+            shutil.rmtree(root / "startup-run", ignore_errors=True)  # each run starts in an empty run dir
             t0 = time.perf_counter()
             done = subprocess.run(cmds[side], capture_output=True, text=True, cwd=root)
             if done.returncode != 0:

@@ -577,6 +577,23 @@ def test_exit_hook_refuses_a_malformed_value():
         _exit_point("after:3")
 
 
+def test_checkpoint_io_writes_a_loadable_file_in_place_of_the_old_one(tmp_path):
+    from omnimodal.training.checkpoint import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"  # the folder does not exist yet
+    first = {"global_step": 1, "state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "loops": {"epoch": 0}}
+    io.save_checkpoint(first, path)
+    second = {"global_step": 2, "state_dict": {"w": torch.ones(2, 3, dtype=torch.bfloat16)}}
+    io.save_checkpoint(second, path)
+    back = io.load_checkpoint(path)
+    assert back["global_step"] == 2 and back["state_dict"]["w"].dtype == torch.bfloat16
+    assert torch.equal(back["state_dict"]["w"], second["state_dict"]["w"])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+    with pytest.raises(TypeError, match="storage_options"):
+        io.save_checkpoint(first, path, storage_options={"x": 1})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("exit_at", ["after_write:8", "after_write:5"], ids=["mid-epoch", "epoch-end"])
 def test_killed_run_with_the_feature_cache_resumes_exactly(tmp_path, train40, exit_at):

@@ -1,5 +1,11 @@
 """Checkpoint writes that survive a kill: write to a temporary file, fsync, then rename.
 
+The checkpoint is serialised straight into the temporary file. Lightning's own
+``TorchCheckpointIO`` first serialises the whole checkpoint into memory (a second copy of it
+at the peak) and hands it to the file in one ``write`` call, which on this project's 2-core
+development machine took ~0.5 s per 48 MB against ~0.04 s for ``torch.save`` into the file; a
+remote path (``s3://...``) still goes through Lightning's fsspec writer.
+
 Test hook: ``OMNIMODAL_TEST_EXIT_AT=<point>:<step>`` hard-exits the process (``os._exit``, as a
 SIGKILL would: no cleanup, no flush) while ``last.ckpt`` of global step ``<step>`` is saved, at
 ``<point>``: ``after_write`` (the checkpoint is in place) or ``before_rename`` (the temporary
@@ -13,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 EXIT_ENV = "OMNIMODAL_TEST_EXIT_AT"
@@ -42,10 +49,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os._exit(EXIT_CODE)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote storage: fsspec's transaction makes that write atomic
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
             os.fsync(f.fileno())
         self._maybe_exit("before_rename", path, checkpoint)
         os.replace(tmp, path)
