@@ -1,6 +1,7 @@
 """omnimodal vs a plain PyTorch loop over transformers' ``LlavaForConditionalGeneration``.
 
     python benchmarks/compare.py [--rounds 10] [--records 256] [--batch-size 16] [--workers 1]
+                                 [--skip step path startup process]
 
 (``--records``: demo images; each gives about 3.3 question records, so 256 -> 858 conversations.)
 
@@ -15,7 +16,10 @@ rounds:
     data module (its dataset, collator, sampler, the callbacks ``omnimodal train`` uses) vs a
     plain loop over a plain ``DataLoader`` (PIL + the tower's image processor + the tokenizer's
     chat template) with the same number of workers;
-(c) start-up: a fresh process that trains one step, ``omnimodal train`` vs the plain script.
+(c) start-up: a fresh process that trains one step, ``omnimodal train`` vs the plain script;
+(d) process wall for one epoch: a fresh ``omnimodal train`` over the training file (its data
+    loader, callbacks, checkpoints, logs and loss plot; no evaluation, no saved model) vs a
+    fresh process running (b)'s plain loop, start-up and exit included.
 
 Columns: samples/s, non-pad tokens/s, ratio (omnimodal / plain; > 1 is faster), overhead (the
 share of the epoch's wall time spent outside the model's forward, the backward and the
@@ -348,8 +352,8 @@ llava(**batch).loss.backward(); opt.step()
 """
 
 
-def startup(parts: dict[str, Any], root: Path, rounds: int) -> dict[str, float]:
-    """Wall of a fresh process that loads the parts and trains one step (median of rounds)."""
+def startup_commands(parts: dict[str, Any], root: Path) -> dict[str, list[str]]:
+    """The two commands of (c): a fresh process that loads the saved parts and trains one step."""
     from omnimodal_vision.llava import export_llava
 
     model = parts["model"]
@@ -374,14 +378,65 @@ def startup(parts: dict[str, Any], root: Path, rounds: int) -> dict[str, float]:
                       "modalities.vision.projector.hidden_dim=null"],
         "plain": [sys.executable, str(script), str(root / "llava"), str(root / "batch.pt")],
     }
+    return cmds
+
+
+PLAIN_EPOCH = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+from compare import PlainLlavaData, optimizer, plain_collate
+from transformers import AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration
+root, train, placeholder = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+image_id, n_tokens, batch_size, workers = (int(a) for a in sys.argv[5:9])
+llava = LlavaForConditionalGeneration.from_pretrained(root / "llava").train()
+llava.model.vision_tower.requires_grad_(False)
+llava.model.vision_tower.eval()
+tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+ds = PlainLlavaData(train, tok, CLIPImageProcessor.from_pretrained(root / "clip"), placeholder, image_id, n_tokens)
+loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                     collate_fn=plain_collate(tok.pad_token_id), generator=torch.Generator().manual_seed(0))
+opt = optimizer(llava.parameters())
+for batch in loader:
+    llava(**batch).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+"""
+
+
+def epoch_commands(parts: dict[str, Any], root: Path, startup: dict[str, list[str]], batch_size: int,
+                   workers: int) -> dict[str, list[str]]:
+    """The two commands of (d): a fresh process that trains one epoch over the training file."""
+    model = parts["model"]
+    model.tokenizer.save_pretrained(root / "tokenizer")
+    script = root / "plain_epoch.py"
+    script.write_text(PLAIN_EPOCH)
+    placeholder = model.modalities["vision"].placeholder
+    from omnimodal.data.dataset import ConversationDataset
+    from omnimodal.data.records import read_jsonl
+
+    first = ConversationDataset(list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:1], model.tokenizer,
+                                model.modalities, model.placeholder_ids, 512)[0]
+    image_id = model.placeholder_ids[placeholder]
+    return {
+        "omnimodal": [a for a in startup["omnimodal"] if not a.startswith(("trainer.max_steps=", "data.batch_size=", "data.num_workers="))]
+        + ["trainer.max_epochs=1", f"data.batch_size={batch_size}", f"data.num_workers={workers}", "data.max_length=512"],
+        "plain": [sys.executable, str(script), str(HERE.parent), str(root), str(parts["files"]["train"]), placeholder,
+                  str(image_id), str(first["input_ids"].count(image_id)), str(batch_size), str(workers)],
+    }
+
+
+def timed_processes(cmds: dict[str, list[str]], root: Path, rounds: int) -> dict[str, float]:
+    """Median wall of each side's command, rounds alternating, each omnimodal run in an empty run dir."""
     walls: dict[str, list[float]] = {"omnimodal": [], "plain": []}
     for r in range(rounds):
         for side in (("omnimodal", "plain") if r % 2 == 0 else ("plain", "omnimodal")):
-            shutil.rmtree(root / "startup-run", ignore_errors=True)  # each run starts in an empty run dir
+            shutil.rmtree(root / "startup-run", ignore_errors=True)
             t0 = time.perf_counter()
             done = subprocess.run(cmds[side], capture_output=True, text=True, cwd=root)
             if done.returncode != 0:
-                raise SystemExit(f"{side} start-up run failed:\n{done.stderr[-3000:]}")
+                raise SystemExit(f"{side} run failed: {' '.join(cmds[side])}\n{done.stderr[-3000:]}")
             walls[side].append(time.perf_counter() - t0)
     return {side: statistics.median(w) for side, w in walls.items()}
 
@@ -405,8 +460,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--startup-rounds", type=int, default=5)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "path", "startup"])
+    ap.add_argument("--startup-rounds", type=int, default=None, help="rounds of (c) (default: --rounds)")
+    ap.add_argument("--process-rounds", type=int, default=None, help="rounds of (d) (default: --rounds)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "path", "startup", "process"])
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
@@ -427,10 +483,16 @@ def main() -> None:
         table("(a) model step alone (fixed batch)", model_step(parts, args.batch_size, args.rounds, args.steps))
     if "path" not in args.skip:
         table("(b) whole training path, one epoch", whole_path(parts, args.batch_size, args.workers, args.rounds))
+    if {"startup", "process"} - set(args.skip):
+        cmds = startup_commands(parts, root)
     if "startup" not in args.skip:
-        s = startup(parts, root, args.startup_rounds)
+        s = timed_processes(cmds, root, args.startup_rounds or args.rounds)
         print(f"\n(c) fresh process to one trained step: omnimodal {s['omnimodal']:.1f} s, plain {s['plain']:.1f} s, "
               f"ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; > 1: omnimodal starts faster)")
+    if "process" not in args.skip:
+        s = timed_processes(epoch_commands(parts, root, cmds, args.batch_size, args.workers), root, args.process_rounds or args.rounds)
+        print(f"\n(d) fresh process, one epoch ({conversations} conversations): omnimodal {s['omnimodal']:.1f} s, "
+              f"plain {s['plain']:.1f} s, ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall)")
 
 
 if __name__ == "__main__":
