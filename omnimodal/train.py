@@ -223,7 +223,7 @@ def train(cfg: dict[str, Any], out_dir: Path, model: Any = None) -> dict[str, An
 def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, Any]:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from omnimodal.data import feature_cache
     from omnimodal.decoder import add_placeholders
@@ -284,11 +284,8 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     ckpt_cfg = cfg.get("checkpoint") or {}
     start_report, throughput = kit.callbacks(files, cfg["stage"], gradient_checkpointing=grad_ckpt)
     callbacks = [
-        # save_top_k=1 also without validation: Lightning writes last.ckpt only at a step where
-        # it saved a top-k checkpoint, so top_k=0 would leave no checkpoint until training ends.
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=1,
-                        monitor="val/loss" if files.get("val") else None,
-                        every_n_train_steps=ckpt_cfg.get("every_n_train_steps")),
+        *kit.checkpoint_callbacks(out_dir / "checkpoints", monitor="val/loss" if files.get("val") else None,
+                                  every_n_train_steps=ckpt_cfg.get("every_n_train_steps")),
         LearningRateMonitor(logging_interval="step"),
         throughput,
         start_report,

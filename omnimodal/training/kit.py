@@ -7,13 +7,14 @@ This module holds the rest of what a run does, so that a model trained that way 
 from ``omnimodal train`` (``omnimodal eval RUN`` and ``omnimodal.load`` work on it)::
 
     import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from omnimodal.training import OmniDataModule, OmniLightningModule, kit
 
     dm = OmniDataModule(data_cfg, files, model.tokenizer, model.modalities, model.placeholder_ids)
     module = OmniLightningModule(model, stage)
-    trainer = L.Trainer(logger=CSVLogger("runs"), callbacks=kit.callbacks(files, stage),
-                        plugins=[kit.checkpoint_io()], max_steps=100)
+    trainer = L.Trainer(logger=CSVLogger("runs"), plugins=[kit.checkpoint_io()], max_steps=100,
+                        callbacks=[*kit.callbacks(files, stage), *kit.checkpoint_callbacks("runs/checkpoints", "val/loss")])
     trainer.fit(module, datamodule=dm)
     kit.finish(module.model, dm, "runs/my-run")   # blind baseline + data paths stored, model/ written
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from omnimodal.training.checkpoint import AtomicCheckpointIO
 from omnimodal.training.module import parameter_table
@@ -53,6 +55,24 @@ def record_data_files(model, files: dict[str, list[Path]]) -> None:
 def callbacks(files: dict[str, list[Path]], stage: dict[str, Any], gradient_checkpointing: bool = False) -> list[L.Callback]:
     """The callbacks ``omnimodal train`` adds: the start report and the throughput logger."""
     return [StartReport(files, stage, gradient_checkpointing), ThroughputLogger()]
+
+
+def checkpoint_callbacks(dirpath: str | Path, monitor: str | None = None,
+                         every_n_train_steps: int | None = None) -> list[ModelCheckpoint]:
+    """``last.ckpt`` at every save point (each epoch end; every N steps if asked) and, when a
+    metric is monitored, the best checkpoint by it beside it (``epoch=E-step=S.ckpt``).
+
+    Lightning's own ``save_last=True`` rewrites ``last.ckpt`` only at a step where it also wrote
+    a top-k checkpoint: after an epoch whose validation loss was not the best, ``last.ckpt``
+    stayed at the best epoch and ``ckpt_path=last`` went back to it. Without a monitored metric
+    its top-k file was a second copy of ``last.ckpt``; here there is only ``last.ckpt``.
+    """
+    last = ModelCheckpoint(dirpath=dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, save_top_k=1, monitor=None,
+                           enable_version_counter=False, every_n_train_steps=every_n_train_steps)
+    if monitor is None:
+        return [last]
+    best = ModelCheckpoint(dirpath=dirpath, save_top_k=1, monitor=monitor, every_n_train_steps=every_n_train_steps)
+    return [best, last]
 
 
 def checkpoint_io() -> AtomicCheckpointIO:
