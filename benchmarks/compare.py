@@ -382,7 +382,7 @@ def startup_commands(parts: dict[str, Any], root: Path) -> dict[str, list[str]]:
 
 
 PLAIN_EPOCH = """
-import sys, time
+import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch

@@ -96,6 +96,7 @@ def test_fit_twice_in_one_process_chains_stages_and_restores_global_state(vision
 @pytest.mark.slow
 def test_own_lightning_trainer_with_the_kit_gives_a_run_omnimodal_reads(vision_demo, tmp_path):
     import lightning as L
+    import torch
     from lightning.pytorch.loggers import CSVLogger
 
     from omnimodal.model import OmniModel
@@ -111,10 +112,12 @@ def test_own_lightning_trainer_with_the_kit_gives_a_run_omnimodal_reads(vision_d
     stage = {"lr": 1e-3}
     run = tmp_path / "run"
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=CSVLogger(run, name="logs"),
-                        callbacks=kit.callbacks(files, stage), plugins=[kit.checkpoint_io()],
-                        default_root_dir=run, enable_progress_bar=False, limit_val_batches=1, log_every_n_steps=1)
+                        callbacks=[*kit.callbacks(files, stage), *kit.checkpoint_callbacks(run / "checkpoints", "val/loss")],
+                        plugins=[kit.checkpoint_io()], default_root_dir=run, enable_progress_bar=False,
+                        limit_val_batches=1, log_every_n_steps=1)
     trainer.fit(OmniLightningModule(model, stage), datamodule=dm)
     assert list((run / "logs").glob("**/metrics.csv")), "the user's own logger wrote its metrics"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     model_dir = kit.finish(model, dm, run)
 
     loaded = omnimodal.load(run)

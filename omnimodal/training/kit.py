@@ -7,7 +7,6 @@ This module holds the rest of what a run does, so that a model trained that way 
 from ``omnimodal train`` (``omnimodal eval RUN`` and ``omnimodal.load`` work on it)::
 
     import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from omnimodal.training import OmniDataModule, OmniLightningModule, kit
 
