@@ -228,6 +228,20 @@ def plain_collate(pad_id: int):
     return collate
 
 
+def image_tokens(parts: dict[str, Any]) -> tuple[str, int, int]:
+    """The vision placeholder, its token id and the pseudo-tokens per image (what the plain
+    loop expands each image token into), read off one rendered training conversation."""
+    from omnimodal.data.dataset import ConversationDataset
+    from omnimodal.data.records import read_jsonl
+
+    model = parts["model"]
+    placeholder = model.modalities["vision"].placeholder
+    image_id = model.placeholder_ids[placeholder]
+    first = ConversationDataset(list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:1], model.tokenizer,
+                                model.modalities, model.placeholder_ids, 512)[0]
+    return placeholder, image_id, first["input_ids"].count(image_id)
+
+
 def whole_path(parts: dict[str, Any], batch_size: int, workers: int, rounds: int) -> dict[str, dict[str, float]]:
     import lightning as L
     from transformers import CLIPImageProcessor
@@ -238,12 +252,7 @@ def whole_path(parts: dict[str, Any], batch_size: int, workers: int, rounds: int
     base, files = parts["model"], parts["files"]
     data_cfg = {"batch_size": batch_size, "num_workers": workers, "max_length": 512, "seed": 0}
     stage = {"lr": 1e-4, "train_encoders": False, "train_projectors": True, "train_decoder": True}
-    placeholder = base.modalities["vision"].placeholder
-    from omnimodal.data.dataset import ConversationDataset
-    from omnimodal.data.records import read_jsonl
-
-    first = ConversationDataset(list(read_jsonl(files["train"], {"image": "vision"}))[:1], base.tokenizer, base.modalities, base.placeholder_ids, 512)[0]
-    n_tokens = first["input_ids"].count(base.placeholder_ids[placeholder])  # pseudo-tokens per image
+    placeholder, image_id, n_tokens = image_tokens(parts)
     proc = CLIPImageProcessor.from_pretrained(parts["clip_dir"])
 
     class Timer(L.Callback):
@@ -300,10 +309,8 @@ def whole_path(parts: dict[str, Any], batch_size: int, workers: int, rounds: int
 
     def plain_epoch() -> dict[str, float]:
         llava = llava_of(base)
-        image_id = base.placeholder_ids[placeholder]
-        m = n_tokens
         t0 = time.perf_counter()
-        ds = PlainLlavaData(files["train"], base.tokenizer, proc, placeholder, image_id, m)
+        ds = PlainLlavaData(files["train"], base.tokenizer, proc, placeholder, image_id, n_tokens)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                              collate_fn=plain_collate(base.tokenizer.pad_token_id), generator=torch.Generator().manual_seed(0))
         opt = optimizer(llava.parameters())
@@ -408,22 +415,15 @@ for batch in loader:
 def epoch_commands(parts: dict[str, Any], root: Path, startup: dict[str, list[str]], batch_size: int,
                    workers: int) -> dict[str, list[str]]:
     """The two commands of (d): a fresh process that trains one epoch over the training file."""
-    model = parts["model"]
-    model.tokenizer.save_pretrained(root / "tokenizer")
+    parts["model"].tokenizer.save_pretrained(root / "tokenizer")
     script = root / "plain_epoch.py"
     script.write_text(PLAIN_EPOCH)
-    placeholder = model.modalities["vision"].placeholder
-    from omnimodal.data.dataset import ConversationDataset
-    from omnimodal.data.records import read_jsonl
-
-    first = ConversationDataset(list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:1], model.tokenizer,
-                                model.modalities, model.placeholder_ids, 512)[0]
-    image_id = model.placeholder_ids[placeholder]
+    placeholder, image_id, n_tokens = image_tokens(parts)
     return {
         "omnimodal": [a for a in startup["omnimodal"] if not a.startswith(("trainer.max_steps=", "data.batch_size=", "data.num_workers="))]
         + ["trainer.max_epochs=1", f"data.batch_size={batch_size}", f"data.num_workers={workers}", "data.max_length=512"],
         "plain": [sys.executable, str(script), str(HERE.parent), str(root), str(parts["files"]["train"]), placeholder,
-                  str(image_id), str(first["input_ids"].count(image_id)), str(batch_size), str(workers)],
+                  str(image_id), str(n_tokens), str(batch_size), str(workers)],
     }
 
 
