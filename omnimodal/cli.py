@@ -521,6 +521,11 @@ def _check_install() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``omnimodal`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from omnimodal import startup
+
+    startup.freeze_at_exit()
+    if argv and argv[0] == "train":
+        startup.pause()  # no cyclic GC while start-up loads; back on before training (omnimodal.startup)
     try:
         if argv and argv[0] == "train":
             if not any(o.startswith(("-h", "--help", "--cfg", "--info", "-c", "--hydra-help")) for o in argv[1:]):
@@ -543,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     except OmnimodalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        startup.resume()
 
 
 if __name__ == "__main__":

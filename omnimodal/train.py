@@ -225,6 +225,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor
 
+    from omnimodal import startup
     from omnimodal.data import feature_cache
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError, EvaluationError
@@ -306,6 +307,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
         if not last.is_file():
             raise ConfigError(f"ckpt_path=last: no {last}; resume in the killed run's directory (hydra.run.dir=<run dir>)")
         ckpt_path = str(last)
+    startup.resume()  # the CLI's start-up is over: freeze its heap, collect garbage from here on
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     result: dict[str, Any] = {"train_seconds": time.time() - t0, "global_step": trainer.global_step, "throughput": throughput.summary}
 
@@ -411,5 +413,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # DDP's re-launched ranks: the same start-up as `omnimodal train`
+    from omnimodal import startup
+
+    startup.freeze_at_exit()
+    startup.pause()
+    try:
+        main()
+    finally:
+        startup.resume()
