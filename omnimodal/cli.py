@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from omnimodal import startup
 from omnimodal.errors import ConfigError, OmnimodalError, did_you_mean
 
 USAGE = """omnimodal <command> [...]
@@ -521,35 +522,30 @@ def _check_install() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``omnimodal`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from omnimodal import startup
-
-    startup.freeze_at_exit()
-    if argv and argv[0] == "train":
-        startup.pause()  # no cyclic GC while start-up loads; back on before training (omnimodal.startup)
-    try:
-        if argv and argv[0] == "train":
-            if not any(o.startswith(("-h", "--help", "--cfg", "--info", "-c", "--hydra-help")) for o in argv[1:]):
+    # train: no cyclic GC while start-up loads, back on before training (omnimodal/startup.py)
+    with startup.command(pause_gc=argv[:1] == ["train"]):
+        try:
+            if argv and argv[0] == "train":
+                if not any(o.startswith(("-h", "--help", "--cfg", "--info", "-c", "--hydra-help")) for o in argv[1:]):
+                    _check_install()
+                return cmd_train(argv[1:])
+            if argv and argv[0] == "cache":
                 _check_install()
-            return cmd_train(argv[1:])
-        if argv and argv[0] == "cache":
-            _check_install()
-            return cmd_cache(argv[1:])
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 0
-        if args.command in MODEL_COMMANDS:
-            _check_install()
-        commands = {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}
-        commands.update(chat=cmd_chat, generate=cmd_generate, serve=cmd_serve)
-        commands["new-plugin"] = cmd_new_plugin
-        return commands[args.command](args)
-    except OmnimodalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        startup.resume()
+                return cmd_cache(argv[1:])
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 0
+            if args.command in MODEL_COMMANDS:
+                _check_install()
+            commands = {"plugins": cmd_plugins, "eval": cmd_eval, "export": cmd_export}
+            commands.update(chat=cmd_chat, generate=cmd_generate, serve=cmd_serve)
+            commands["new-plugin"] = cmd_new_plugin
+            return commands[args.command](args)
+        except OmnimodalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import atexit
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _paused = False
-_freezes_at_exit = False
 
 
 def pause() -> None:
@@ -43,7 +44,18 @@ def resume() -> None:
 
 def freeze_at_exit() -> None:
     """At interpreter exit, freeze every object still alive, so the final collection skips them."""
-    global _freezes_at_exit
-    if not _freezes_at_exit:
-        atexit.register(gc.freeze)
-        _freezes_at_exit = True
+    atexit.unregister(gc.freeze)  # registered once however often a command runs in this process
+    atexit.register(gc.freeze)
+
+
+@contextmanager
+def command(pause_gc: bool) -> Iterator[None]:
+    """Around an ``omnimodal`` command: a frozen heap at exit and, with ``pause_gc``, no cyclic
+    collection until :func:`resume` (called before training) or the end of the block."""
+    freeze_at_exit()
+    if pause_gc:
+        pause()
+    try:
+        yield
+    finally:
+        resume()

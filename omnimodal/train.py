@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from omnimodal import startup
 from omnimodal.builtin import core_config_dir
 
 log = logging.getLogger("omnimodal.train")
@@ -225,7 +226,6 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from omnimodal import startup
     from omnimodal.data import feature_cache
     from omnimodal.decoder import add_placeholders
     from omnimodal.errors import ConfigError, EvaluationError
@@ -414,11 +414,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":  # DDP's re-launched ranks: the same start-up as `omnimodal train`
-    from omnimodal import startup
-
-    startup.freeze_at_exit()
-    startup.pause()
-    try:
+    with startup.command(pause_gc=True):
         main()
-    finally:
-        startup.resume()
