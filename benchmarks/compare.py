@@ -7,7 +7,11 @@
 
 Both sides use the same parts: a CLIP tower from a tiny config saved to a temporary directory
 (224 px, loaded by path), the same Llama decoder weights and the same MLP projector (the Llava
-model is omnimodal's own export, weight for weight), vision frozen, AdamW, the same batches.
+model is omnimodal's own export, weight for weight), vision frozen, AdamW at lr 1e-4, the same
+batches. Each side runs its own code for the same step: omnimodal computes logits only where
+the loss reads them and uses AdamW's fused kernel (what ``omnimodal train`` does); the plain loop
+is what a user writes: ``LlavaForConditionalGeneration(..., labels=...)`` (logits at every
+position) and ``torch.optim.AdamW(params, lr)`` with its defaults (a per-parameter loop on the CPU).
 Measured side by side in this one process, rounds alternating (A B, B A, ...), median of the
 rounds:
 
@@ -118,7 +122,18 @@ def llava_of(model):
 
 
 def optimizer(params) -> torch.optim.Optimizer:
+    """The plain loop's optimizer: AdamW as a user writes it (its defaults)."""
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
+
+
+def omnimodal_optimizer(params) -> torch.optim.Optimizer:
+    """The AdamW ``omnimodal train`` builds (its fused kernel where the device has one; an older
+    omnimodal, measured for a before/after, has the default one)."""
+    try:
+        from omnimodal.training.module import adamw
+    except ImportError:
+        return optimizer(params)
+    return adamw([{"params": [p for p in params if p.requires_grad]}], lr=1e-4)
 
 
 def training_collator(model):
@@ -151,7 +166,7 @@ def model_step(parts: dict[str, Any], batch_size: int, rounds: int, steps: int) 
         lo = omni(**batch).loss.item()
         ll = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixels, labels=batch["labels"]).loss.item()
     print(f"same batch, same weights: loss omnimodal {lo:.6f} vs Llava {ll:.6f}")
-    opts = {"omnimodal": optimizer(omni.parameters()), "plain": optimizer(llava.parameters())}
+    opts = {"omnimodal": omnimodal_optimizer(omni.parameters()), "plain": optimizer(llava.parameters())}
 
     def run(side: str) -> tuple[float, float]:
         opt = opts[side]

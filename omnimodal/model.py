@@ -255,11 +255,15 @@ class OmniModel(nn.Module):
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, media: dict[str, Any] | None = None, position_ids: torch.Tensor | None = None, media_sources: dict[str, list[str]] | None = None, loss_reduction: str = "mean", segment_ids: torch.Tensor | None = None,
-                splice: dict[str, dict[str, Any]] | None = None, **_: Any):
+                splice: dict[str, dict[str, Any]] | None = None, label_positions: torch.Tensor | None = None,
+                label_targets: torch.Tensor | None = None, **_: Any):
         """Loss and logits of the decoder on text + spliced pseudo-tokens (HF output object).
 
         ``loss_reduction="sum"`` returns the summed token loss (training divides it by the label
         tokens of the whole optimizer step); ``"mean"`` the mean over this batch's label tokens.
+        ``label_positions`` / ``label_targets`` (``[B, K]``, from :func:`~omnimodal.data.dataset.loss_positions`;
+        the training collator puts them in the batch) compute logits only where the loss needs them:
+        ``out.logits`` is then ``[B, K, vocab]`` instead of ``[B, L, vocab]`` and the loss the same.
         ``segment_ids`` (packed rows, see :mod:`omnimodal.data.packing`) replace the attention
         mask by a block-diagonal causal one (a dense 4-D mask, or a flex-attention block mask:
         :meth:`packed_attention`), so packed conversations never see each other.
@@ -273,9 +277,13 @@ class OmniModel(nn.Module):
                 attention_mask, implementation = flex_block_mask(segment_ids), "flex_attention"
             else:
                 attention_mask = block_causal_mask(segment_ids, embeds.dtype)
+        kept = labels is not None and label_positions is not None and label_targets is not None and keeps_logits(self.decoder)
+        extra = {"logits_to_keep": label_positions.to(embeds.device)} if kept else {}
         with attention_implementation(self.decoder, implementation):
-            out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
-        if labels is not None:
+            out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **extra)
+        if kept:
+            out.loss = token_loss(out.logits, label_targets, loss_reduction)
+        elif labels is not None:
             out.loss = causal_lm_loss(out.logits, labels, loss_reduction)
         return out
 
@@ -534,22 +542,38 @@ def label_token_count(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).sum()
 
 
+def keeps_logits(decoder: nn.Module) -> bool:
+    """Does ``decoder`` take per-row ``logits_to_keep`` positions (``[B, K]``)? transformers'
+    causal LMs do since they slice with ``slice_logits_to_keep``; others get the full logits."""
+    import sys
+
+    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder  # a LoRA-wrapped decoder
+    module = sys.modules.get(type(base).__module__)
+    return hasattr(module, "slice_logits_to_keep")
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits ``[B, K, V]`` against their targets ``[B, K]`` (``-100`` ignored), in
+    float32: :func:`causal_lm_loss` for logits already taken at
+    :func:`~omnimodal.data.dataset.loss_positions`."""
+    if reduction not in ("mean", "sum"):
+        raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
+    flat = targets.reshape(-1).to(logits.device)
+    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=-100, reduction="sum")
+    if reduction == "sum":
+        return total
+    return total / (flat != -100).sum().clamp(min=1)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over the label tokens (``-100`` ignored), in float32.
 
     ``reduction="sum"`` gives the summed token loss, ``"mean"`` the mean over this batch's label
     tokens (0 when there are none, instead of NaN).
     """
-    if reduction not in ("mean", "sum"):
-        raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
     # Shift the labels, not the logits: slicing the logits would copy all of them (batch x length
     # x vocabulary) every step; the last position gets an ignored label instead.
-    shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)
-    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
-    total = torch.nn.functional.cross_entropy(flat_logits, shift_labels, ignore_index=-100, reduction="sum")
-    if reduction == "sum":
-        return total
-    return total / (shift_labels != -100).sum().clamp(min=1)
+    return token_loss(logits, torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100), reduction)
 
 
 def _keep_checkpointing(decoder: nn.Module) -> None:

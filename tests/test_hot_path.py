@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+import types
 
 import pytest
 import torch
@@ -170,3 +171,99 @@ def test_feature_cached_batches_splice_by_index_the_same(model_and_records, tmp_
         got = model.embed(hit["input_ids"], hit["media"], splice=hit["splice"])
     assert all(h is not None for h in hit["media"]["vision"][fc.CACHE_KEY]["hits"])
     assert torch.equal(got, want)
+
+
+def test_loss_positions_list_each_rows_label_positions_in_order_and_pad_the_rest():
+    from omnimodal.data.dataset import loss_positions
+
+    labels = torch.tensor([[-100, -100, 5, 6, -100],    # position 1 predicts 5, 2 predicts 6
+                           [-100, 7, -100, 8, 9],       # 0 -> 7, 2 -> 8, 3 -> 9
+                           [-100, -100, -100, -100, -100]])
+    positions, targets = loss_positions(labels)
+    assert positions.tolist() == [[1, 2, 0], [0, 2, 3], [0, 0, 0]]
+    assert targets.tolist() == [[5, 6, -100], [7, 8, 9], [-100, -100, -100]]
+    positions, targets = loss_positions(torch.full((2, 3), -100))
+    assert positions.shape == targets.shape == (2, 1) and (targets == -100).all()  # never an empty K
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_logits_only_at_label_positions_give_the_full_logits_loss_and_gradients(model_and_records, pack):
+    """The collator's ``label_positions`` make the decoder project only the positions the loss
+    reads; the loss and every gradient are those of the full logits (float tolerance: the same
+    terms, summed in another order)."""
+    model, records = model_and_records
+    batch, _ = _batches(model, records, pack)
+    full = test_packing._full_logits(batch)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    kept, whole = a(**batch, loss_reduction="sum"), b(**full, loss_reduction="sum")
+    rows, length = batch["input_ids"].shape
+    k = int((batch["labels"][:, 1:] != -100).sum(1).max())
+    assert kept.logits.shape == (rows, k, whole.logits.shape[-1]) and k < length
+    assert whole.logits.shape[1] == length
+    torch.testing.assert_close(kept.loss, whole.loss, rtol=1e-5, atol=1e-5)
+    kept.loss.backward()
+    whole.loss.backward()
+    grads = [(n, pa.grad, pb.grad) for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()) if pb.grad is not None]
+    assert any(n.endswith("lm_head.weight") for n, _, _ in grads) and any(n.startswith("projectors.molecule") for n, _, _ in grads)
+    for name, ga, gb in grads:
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6, msg=name)
+    # Negative control: the targets shifted by one row give another loss.
+    shifted = dict(batch, label_targets=batch["label_targets"].roll(1, 0))
+    assert not torch.allclose(a(**shifted, loss_reduction="sum").loss, whole.loss, rtol=1e-3)
+
+
+def test_a_decoder_that_cannot_keep_positions_gets_the_full_logits(model_and_records, monkeypatch):
+    """``keeps_logits``: transformers' causal LMs (also LoRA-wrapped) slice by positions; another
+    decoder module is given no ``logits_to_keep`` and the loss comes from its full logits."""
+    import omnimodal.model as om
+
+    model, records = model_and_records
+    batch, _ = _batches(model, records, pack=False)
+    assert om.keeps_logits(model.decoder)
+    assert not om.keeps_logits(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        kept = model(**batch).loss
+        monkeypatch.setattr(om, "keeps_logits", lambda decoder: False)
+        out = model(**batch)
+    assert out.logits.shape[1] == batch["input_ids"].shape[1]
+    torch.testing.assert_close(out.loss, kept, rtol=1e-5, atol=1e-5)
+
+
+def test_training_uses_fused_adamw_with_the_default_adamws_update(tiny_model, monkeypatch):
+    """One kernel for all parameters instead of AdamW's per-parameter Python loop on the CPU; the
+    update is the default AdamW's (float tolerance). A device without the kernel falls back."""
+    from omnimodal.training.module import OmniLightningModule, adamw
+
+    stage = {"lr": 1e-3, "weight_decay": 0.01, "train_decoder": True, "train_encoders": True, "train_projectors": True}
+    module = OmniLightningModule(tiny_model, stage)
+    monkeypatch.setattr(OmniLightningModule, "_total_steps", lambda self: 10)
+    opt = module.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"] is True
+    a, b = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) for p in a.parameters()]
+    for model in (a, b):
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+    fused = adamw([{"params": list(a.parameters())}], lr=1e-3, weight_decay=0.01)
+    plain = torch.optim.AdamW(list(b.parameters()), lr=1e-3, weight_decay=0.01)
+    for _ in range(3):
+        fused.step()
+        plain.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(next(a.parameters()), next(tiny_model.parameters()))  # it did move
+
+    real = torch.optim.AdamW
+
+    def no_fused_kernel(params, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
+    assert not adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}], lr=1e-3).defaults.get("fused")
+    monkeypatch.setattr(torch.optim, "AdamW", real)
+    # Mixed precision: Lightning clips gradients only with an optimizer that leaves unscaling to it.
+    module._trainer = types.SimpleNamespace(precision="bf16-mixed")
+    assert not module.configure_optimizers()["optimizer"].defaults.get("fused")

@@ -58,11 +58,16 @@ def _samples(model, records):
 
 def _per_sample_losses(model, batch, rows_of_samples):
     """Summed token loss of each conversation, from each row's segments (or whole rows)."""
-    out = model(**batch)
+    out = model(**_full_logits(batch))
     logp = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:],
                                              ignore_index=-100, reduction="none")
     owner = rows_of_samples(batch)[:, 1:]
     return torch.stack([logp[owner == k].sum() for k in range(1, int(owner.max()) + 1)]), logp.sum()
+
+
+def _full_logits(batch):
+    """The batch without the collator's loss positions: the model returns logits at every position."""
+    return {k: v for k, v in batch.items() if k not in ("label_positions", "label_targets")}
 
 
 def _unpacked_owner(batch):
@@ -100,7 +105,7 @@ def test_packed_rows_match_unpacked_losses_and_gradients(model_and_records):
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
 
     # Negative control: the same rows with a plain padding mask let conversations see each other.
-    leaky = {k: v for k, v in packed.items() if k != "segment_ids"}
+    leaky = {k: v for k, v in _full_logits(packed).items() if k != "segment_ids"}
     out = model(**leaky)
     logp = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2).float(), leaky["labels"][:, 1:],
                                              ignore_index=-100, reduction="none")

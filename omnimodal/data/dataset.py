@@ -269,6 +269,7 @@ class Collator:
             "events": _sum_events(s.get("events") or {} for s in samples),
             "skipped": [x for s in samples for x in s.get("skipped", ())],
         }
+        batch["label_positions"], batch["label_targets"] = loss_positions(labels)
         if self.token_ids:
             check_placeholders(samples, input_ids, self.token_ids)
             batch["splice"] = splice_index(input_ids, media_tokens, self.token_ids)
@@ -322,6 +323,20 @@ def splice_index(input_ids: torch.Tensor, media_tokens: dict[str, list[int]], to
         item = torch.repeat_interleave(torch.arange(len(counts)), per_item)
         out[name] = {"slots": slots, "item": item, "pos": torch.arange(total) - starts[item], "tokens": list(counts)}
     return out
+
+
+def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a row's loss is, for logits at those positions only: ``(positions, targets)``, both
+    ``[B, K]`` with ``K`` the most label tokens in any row (at least 1). ``positions[b]`` are the
+    positions whose next token is a label, in order, and ``targets[b]`` those next tokens; a row
+    with fewer is filled with position 0 and target ``-100``. Computed on the CPU by the collator,
+    so the model needs no device read to find them."""
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    missing = (shifted == IGNORE_INDEX).to(torch.int8)
+    k = max(int((1 - missing).sum(1).max()), 1) if labels.numel() else 1
+    positions = torch.sort(missing, dim=1, stable=True).indices[:, :k]  # label positions first, in order
+    targets = shifted.gather(1, positions)
+    return positions.masked_fill(targets == IGNORE_INDEX, 0), targets
 
 
 def _sum_events(dicts) -> dict[str, int]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from omnimodal.data.chat import IGNORE_INDEX
-from omnimodal.data.dataset import splice_index
+from omnimodal.data.dataset import loss_positions, splice_index
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -75,6 +75,7 @@ class PackingCollator:
                 start = end
         batch.update(input_ids=input_ids, labels=labels, attention_mask=(segments > 0).long(),
                      position_ids=positions, segment_ids=segments)
+        batch["label_positions"], batch["label_targets"] = loss_positions(labels)
         if "splice" in batch:  # the slots moved with the rows: index the packed ids
             batch["splice"] = splice_index(input_ids, batch["media_tokens"], self.collator.token_ids)
         return batch

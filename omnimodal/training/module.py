@@ -333,7 +333,10 @@ class OmniLightningModule(L.LightningModule):
 
     def configure_optimizers(self):
         groups = parameter_groups(self.model, float(self.stage.get("weight_decay", 0.0)), self.stage)
-        opt = torch.optim.AdamW(groups, lr=float(self.stage.get("lr", 5e-4)), betas=tuple(self.stage.get("betas", (0.9, 0.999))))
+        # Lightning refuses gradient clipping with a fused optimizer under mixed precision (the kernel
+        # would unscale 16-bit gradients itself): there, AdamW's default implementation.
+        mixed = "mixed" in str(getattr(self._trainer, "precision", ""))
+        opt = adamw(groups, fused=not mixed, lr=float(self.stage.get("lr", 5e-4)), betas=tuple(self.stage.get("betas", (0.9, 0.999))))
         total = self._total_steps()
         warmup = int(total * float(self.stage.get("warmup_ratio", 0.0)))
 
@@ -345,6 +348,19 @@ class OmniLightningModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def adamw(groups: list[dict[str, Any]], fused: bool = True, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel (one kernel for all parameters) where the parameters'
+    device has one (CPU, CUDA, ...) and ``fused``, else the default implementation. On the CPU the
+    default is a Python loop over the parameters: ~16 ms a step for a 4M-parameter decoder against
+    ~4 ms fused."""
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except RuntimeError:  # a device or dtype without the fused kernel
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def compile_options(compile: bool | dict[str, Any] | None) -> dict[str, Any] | None:
