@@ -16,6 +16,7 @@ State-dict keys are stable (see ``docs`` in README): ``decoder.<HF keys>``,
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -545,8 +546,6 @@ def label_token_count(labels: torch.Tensor) -> torch.Tensor:
 def keeps_logits(decoder: nn.Module) -> bool:
     """Does ``decoder`` take per-row ``logits_to_keep`` positions (``[B, K]``)? transformers'
     causal LMs do since they slice with ``slice_logits_to_keep``; others get the full logits."""
-    import sys
-
     base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder  # a LoRA-wrapped decoder
     module = sys.modules.get(type(base).__module__)
     return hasattr(module, "slice_logits_to_keep")

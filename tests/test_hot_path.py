@@ -221,6 +221,9 @@ def test_a_decoder_that_cannot_keep_positions_gets_the_full_logits(model_and_rec
     batch, _ = _batches(model, records, pack=False)
     assert om.keeps_logits(model.decoder)
     assert not om.keeps_logits(torch.nn.Linear(2, 2))
+    lora = copy.deepcopy(model)
+    lora.apply_lora(r=2, alpha=4, dropout=0.0)
+    assert om.keeps_logits(lora.decoder)
     with torch.no_grad():
         kept = model(**batch).loss
         monkeypatch.setattr(om, "keeps_logits", lambda decoder: False)
