@@ -234,7 +234,9 @@ class Collator:
         ids = placeholder_ids or {}
         self.token_ids = {name: ids[m.placeholder] for name, m in modalities.items() if m.placeholder in ids}
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: list[dict[str, Any]], indices: bool = True) -> dict[str, Any]:
+        """The padded batch; ``indices=False`` leaves out :meth:`add_indices` (for a caller that
+        re-lays the rows first, as packing does)."""
         length = max(len(s["input_ids"]) for s in samples)
         n = len(samples)
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
@@ -269,10 +271,17 @@ class Collator:
             "events": _sum_events(s.get("events") or {} for s in samples),
             "skipped": [x for s in samples for x in s.get("skipped", ())],
         }
-        batch["label_positions"], batch["label_targets"] = loss_positions(labels)
         if self.token_ids:
             check_placeholders(samples, input_ids, self.token_ids)
-            batch["splice"] = splice_index(input_ids, media_tokens, self.token_ids)
+        return self.add_indices(batch) if indices else batch
+
+    def add_indices(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What the model would otherwise search the final rows for, found here on the CPU: the
+        loss positions (:func:`loss_positions`) and, given placeholder ids, the splice's
+        (:func:`splice_index`)."""
+        batch["label_positions"], batch["label_targets"] = loss_positions(batch["labels"])
+        if self.token_ids:
+            batch["splice"] = splice_index(batch["input_ids"], batch["media_tokens"], self.token_ids)
         return batch
 
     def collate_media(self, name: str, items: list[MediaItem]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from omnimodal.data.chat import IGNORE_INDEX
-from omnimodal.data.dataset import loss_positions, splice_index
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -55,7 +54,7 @@ class PackingCollator:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         bins = first_fit([len(s["input_ids"]) for s in samples], self.max_length)
         ordered = [samples[i] for b in bins for i in b]
-        batch = self.collator(ordered)  # media, sources... in packed order (the splice's order)
+        batch = self.collator(ordered, indices=False)  # media, sources... in packed order (the splice's order)
         rows = len(bins)
         length = max(sum(len(samples[i]["input_ids"]) for i in b) for b in bins)
         input_ids = torch.full((rows, length), self.collator.pad_id, dtype=torch.long)
@@ -75,10 +74,7 @@ class PackingCollator:
                 start = end
         batch.update(input_ids=input_ids, labels=labels, attention_mask=(segments > 0).long(),
                      position_ids=positions, segment_ids=segments)
-        batch["label_positions"], batch["label_targets"] = loss_positions(labels)
-        if "splice" in batch:  # the slots moved with the rows: index the packed ids
-            batch["splice"] = splice_index(input_ids, batch["media_tokens"], self.collator.token_ids)
-        return batch
+        return self.collator.add_indices(batch)  # of the packed rows, found once
 
 
 def flex_block_mask(segment_ids: torch.Tensor):
