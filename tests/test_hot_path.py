@@ -270,3 +270,88 @@ def test_training_uses_fused_adamw_with_the_default_adamws_update(tiny_model, mo
     # Mixed precision: Lightning clips gradients only with an optimizer that leaves unscaling to it.
     module._trainer = types.SimpleNamespace(precision="bf16-mixed")
     assert not module.configure_optimizers()["optimizer"].defaults.get("fused")
+
+
+def _tensors(x, path=""):
+    """``(path, tensor)`` for every tensor in a nested batch."""
+    if isinstance(x, torch.Tensor):
+        return [(path, x)]
+    if isinstance(x, dict):
+        return [t for k, v in x.items() for t in _tensors(v, f"{path}.{k}")]
+    if isinstance(x, (list, tuple)):
+        return [t for i, v in enumerate(x) for t in _tensors(v, f"{path}[{i}]")]
+    return []
+
+
+def _crossed(batch):
+    """``batch`` pickled and unpickled as a data worker's batch is (shared-memory tensors)."""
+    import io
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 (registers the shared-memory reductions)
+
+    buf = io.BytesIO()
+    ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(batch)
+    return pickle.loads(buf.getvalue())
+
+
+def test_a_batch_leaves_a_worker_with_its_small_tensors_in_one_buffer(model_and_records):
+    from omnimodal.data.transport import SMALL_BYTES, for_transport
+
+    model, records = model_and_records
+    collate = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
+    batch = collate(_samples(model, records))
+    big = torch.randn(SMALL_BYTES // 4 + 1)  # one element over the limit: travels on its own
+    batch["extra"] = {"big": big, "flags": torch.tensor([True, False, True]), "half": torch.ones(3, dtype=torch.float16),
+                      "strided": torch.arange(12.0).view(3, 4).t(), "scalar": torch.tensor(7), "empty": torch.zeros(0, 2)}
+    packed = for_transport(batch)
+    assert isinstance(packed, dict) and packed is not batch and all(packed[k] is batch[k] for k in batch)  # unpickled: the batch
+
+    crossed = _crossed(packed)
+    assert type(crossed) is dict
+    before, after = _tensors(batch), _tensors(crossed)
+    assert [p for p, _ in before] == [p for p, _ in after]
+    assert {"media.vision.pixel_values", "media.audio.input_features", "media.molecule.edge_index", "splice.molecule.slots"} <= {
+        p.lstrip(".") for p, _ in before}
+    for (path, a), (_, b) in zip(before, after):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), path
+    assert [x for x in crossed["sources"]] == batch["sources"] and crossed["media_tokens"] == batch["media_tokens"]
+    storages = {p: t.untyped_storage().data_ptr() for p, t in after if t.numel()}
+    small = {s for p, s in storages.items() if p != ".extra.big"}
+    assert len(small) == 1 and storages[".extra.big"] not in small  # one buffer, and the big tensor apart
+    # The views do not overlap: writing one leaves every other as it was.
+    views = [(p, t) for p, t in after if t.numel() and p != ".extra.big"]
+    for i, (_, t) in enumerate(views):
+        t.fill_(i + 2)
+    for i, (p, t) in enumerate(views):
+        assert torch.equal(t, torch.full_like(t, i + 2)), p
+
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    fresh = _crossed(for_transport(collate(_samples(model, records))))
+    assert torch.equal(a(**collate(_samples(model, records)), loss_reduction="sum").loss, b(**fresh, loss_reduction="sum").loss)
+
+
+def test_the_training_loader_gives_the_same_batches_from_a_worker(model_and_records, tmp_path):
+    import json
+
+    from omnimodal.training.datamodule import OmniDataModule
+
+    model, records = model_and_records
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in records))
+
+    def batches(workers):
+        dm = OmniDataModule({"batch_size": 3, "num_workers": workers, "max_length": 512, "seed": 0}, {"train": [path]},
+                            model.tokenizer, model.modalities, model.placeholder_ids)
+        dm.setup("fit")
+        return list(dm.train_dataloader())
+
+    inline, from_worker = batches(0), batches(1)
+    assert len(inline) == len(from_worker) == 3
+    for a, b in zip(inline, from_worker):
+        assert type(b) is dict
+        ta, tb = _tensors(a), _tensors(b)
+        assert [p for p, _ in ta] == [p for p, _ in tb]
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(ta, tb))
+        assert len({t.untyped_storage().data_ptr() for _, t in tb if t.numel()}) == 1  # the demo's media are all small

@@ -233,6 +233,10 @@ class OmniDataModule(L.LightningDataModule):
             if not self.cfg.get("max_length"):
                 raise ConfigError("data.packing=true needs data.max_length (the length of a packed row)")
             collate = PackingCollator(collate, int(self.cfg["max_length"]))
+        if workers > 0:  # the batch's small tensors reach this process in one buffer, not one descriptor each
+            from omnimodal.data.transport import TransportCollator
+
+            collate = TransportCollator(collate)
         return StatefulDataLoader(
             dataset,
             sampler=sampler,
