@@ -28,7 +28,10 @@ def plot_losses(metrics_csvs: list[Path], out_png: Path) -> Path | None:
     for xs, ys in series.values():  # resumed runs repeat a few steps: plot in step order
         pairs = sorted(zip(xs, ys))
         xs[:], ys[:] = [p[0] for p in pairs], [p[1] for p in pairs]
+    # Fixed margins (room for the log axis' labels) instead of tight_layout, whose extra layout
+    # pass measured every label again: ~0.17 s of a short run's wall.
     fig, ax = plt.subplots(figsize=(7, 4))
+    fig.subplots_adjust(left=0.14, right=0.98, bottom=0.12, top=0.97)
     for key, (xs, ys) in series.items():
         if xs:
             ax.plot(xs, ys, marker="o" if key.startswith("val") else None, label=key)
@@ -37,7 +40,6 @@ def plot_losses(metrics_csvs: list[Path], out_png: Path) -> Path | None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
