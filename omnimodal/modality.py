@@ -123,7 +123,12 @@ class Modality:
         raise NotImplementedError
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Batch the features of several items (padding where lengths differ)."""
+        """Batch the features of several items (padding where lengths differ).
+
+        Return tensors in plain dicts, lists or tuples: from a data worker their small tensors
+        travel to the training process in one shared buffer (:mod:`omnimodal.data.transport`);
+        other objects travel as they are, each of their tensors by its own descriptor.
+        """
         raise NotImplementedError
 
     def prepare(self, raw: Any, source: str) -> MediaItem:
