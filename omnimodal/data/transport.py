@@ -2,7 +2,7 @@
 
 PyTorch's data loader hands every tensor of a worker's batch over by its own shared-memory
 file descriptor, and the receiving process fetches each descriptor from the worker over a
-socket: about 0.5 ms per tensor on a small CPU (``benchmarks/compare.py``'s (b) overhead). A
+socket: about 0.5 ms per tensor on a small CPU (``benchmarks/batch_transfer.py``). A
 multimodal batch holds dozens of small tensors (ids, masks, labels, positions, the splice's
 indices, each modality's inputs: a molecule batch alone has five), so that is 5-15 ms a step in
 the training process. :func:`for_transport` copies the small tensors of a collated batch into
@@ -38,8 +38,8 @@ class _Slot:
 
 
 def _small(x: Any) -> bool:
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.layout is torch.strided and not x.requires_grad
-            and 0 < x.numel() * x.element_size() <= SMALL_BYTES)
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.layout is torch.strided and not x.is_quantized
+            and not x.requires_grad and 0 < x.numel() * x.element_size() <= SMALL_BYTES)
 
 
 def _skeleton(x: Any, found: list[tuple[int, torch.Tensor]]) -> Any:
