@@ -16,7 +16,7 @@ copied unless it is pickled.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,33 +25,26 @@ SMALL_BYTES = 1 << 20
 _ALIGN = 64
 
 
-class _Slot:
+class _Slot(NamedTuple):
     """Where a small tensor stood in the batch: its bytes' place in the shared buffer."""
 
-    __slots__ = ("offset", "dtype", "shape")
-
-    def __init__(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...]):
-        self.offset, self.dtype, self.shape = offset, dtype, tuple(shape)
-
-    def __reduce__(self):
-        return (_Slot, (self.offset, self.dtype, self.shape))
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
 
 
 def _small(x: Any) -> bool:
     return (type(x) is torch.Tensor and x.device.type == "cpu" and x.layout is torch.strided and not x.is_quantized
-            and not x.requires_grad and 0 < x.numel() * x.element_size() <= SMALL_BYTES)
+            and not x.requires_grad and 0 < x.nbytes <= SMALL_BYTES)
 
 
 def _skeleton(x: Any, found: list[tuple[int, torch.Tensor]]) -> Any:
     """``x`` with each small tensor replaced by a :class:`_Slot` (dicts, lists and tuples walked);
     ``found`` gets ``(offset, tensor)`` for each, offsets aligned."""
     if _small(x):
-        offset = 0
-        if found:
-            last_offset, last = found[-1]
-            offset = last_offset + -(-last.numel() * last.element_size() // _ALIGN) * _ALIGN
+        offset = -(-(found[-1][0] + found[-1][1].nbytes) // _ALIGN) * _ALIGN if found else 0
         found.append((offset, x))
-        return _Slot(offset, x.dtype, x.shape)
+        return _Slot(offset, x.dtype, tuple(x.shape))
     if type(x) is dict:
         return {k: _skeleton(v, found) for k, v in x.items()}
     if type(x) in (list, tuple):
@@ -86,8 +79,7 @@ class TransportBatch(dict):
         skeleton = _skeleton(dict(self), found)
         if len(found) < 2:  # one descriptor either way
             return (dict, (dict(self),))
-        end_offset, end = found[-1]
-        buffer = torch.empty(end_offset + end.numel() * end.element_size(), dtype=torch.uint8)
+        buffer = torch.empty(found[-1][0] + found[-1][1].nbytes, dtype=torch.uint8)
         for offset, t in found:
             _view(buffer, offset, t.dtype, tuple(t.shape)).copy_(t)
         return (_rebuild, (skeleton, buffer))
