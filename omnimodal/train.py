@@ -83,6 +83,23 @@ def model_signature(cfg: dict[str, Any]) -> dict[str, str]:
     return sig
 
 
+def pretrain_config(cfg: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    """``pretrain_encoders`` with ``epochs`` resolved: ``auto`` is 1 for a model built by this run
+    (``fresh``) on the built-in demo data (``data.train`` unset), else 0; a resumed run
+    (``ckpt_path``) never pre-trains (its checkpoint holds the weights)."""
+    from omnimodal.errors import ConfigError
+
+    pre = dict(cfg.get("pretrain_encoders") or {})
+    epochs = pre.get("epochs", 0)
+    if epochs == "auto":
+        epochs = 1 if fresh and not cfg["data"].get("train") else 0
+    elif not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ConfigError(f"pretrain_encoders.epochs must be auto or a whole number >= 0, got {epochs!r}")
+    if cfg.get("ckpt_path"):
+        epochs = 0
+    return {**pre, "epochs": epochs}
+
+
 def load_init(cfg: dict[str, Any]):
     """Load ``init_from`` (a model dir or a run dir holding ``model/``) and check it fits the run."""
     from omnimodal.errors import ConfigError
@@ -280,7 +297,9 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     skip_nonfinite = bool(trainer_cfg.pop("skip_nonfinite", False))  # omnimodal's, not Lightning's
     compile_decoder = trainer_cfg.pop("compile", False)  # omnimodal's too
     signature = {**model_signature(cfg), "tokenizer": tokenizer_hash(tokenizer), **data_signature(files)}
-    module = module_cls(build, cfg["stage"], cfg["modalities"], signature, skip_nonfinite=skip_nonfinite, compile=compile_decoder)
+    pretrain = pretrain_config(cfg, fresh=given is None and not cfg.get("init_from"))
+    module = module_cls(build, cfg["stage"], cfg["modalities"], signature, skip_nonfinite=skip_nonfinite, compile=compile_decoder,
+                        pretrain_encoders=pretrain)
 
     ckpt_cfg = cfg.get("checkpoint") or {}
     start_report, throughput = kit.callbacks(files, cfg["stage"], gradient_checkpointing=grad_ckpt)
@@ -310,6 +329,8 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     startup.resume()  # the CLI's start-up is over: freeze its heap, collect garbage from here on
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     result: dict[str, Any] = {"train_seconds": time.time() - t0, "global_step": trainer.global_step, "throughput": throughput.summary}
+    if module.pretrain_summary:
+        result["encoder_pretraining"] = module.pretrain_summary
 
     def rebuild() -> OmniModel:
         if given is not None:

@@ -92,9 +92,12 @@ class OmniLightningModule(L.LightningModule):
     ``configure_model`` (so strategies such as FSDP can shard a large decoder as it is made).
     """
 
-    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None, skip_nonfinite: bool = False, compile: bool | dict[str, Any] = False):
+    def __init__(self, model: OmniModel | Callable[[], OmniModel], stage: dict[str, Any], modality_cfgs: dict[str, Any] | None = None, model_signature: dict[str, Any] | None = None, skip_nonfinite: bool = False, compile: bool | dict[str, Any] = False, pretrain_encoders: dict[str, Any] | None = None):
         super().__init__()
         self.compile_options = compile_options(compile)
+        # Encoder pre-training before the first step (omnimodal.training.encoder_pretraining).
+        self.pretrain_encoders = dict(pretrain_encoders or {})
+        self.pretrain_summary: dict[str, Any] = {}
         self.stage = dict(stage)
         self.modality_cfgs = dict(modality_cfgs or {})
         self.data_events: dict[str, int] = {}  # e.g. {"audio.clips_cut": 3} over the first epoch
@@ -113,9 +116,22 @@ class OmniLightningModule(L.LightningModule):
         if self.model is None:
             self.model = self._build()
             apply_stage(self.model, self.stage, self.modality_cfgs)
+        if int(self.pretrain_encoders.get("epochs") or 0) > 0 and not self.pretrain_summary and self.trainer.state.fn == "fit":
+            self._pretrain_encoders()
         if self.compile_options is not None:
             # In place (nn.Module.compile): parameter names and checkpoints stay as they are.
             self.model.decoder.compile(**self.compile_options)
+
+    def _pretrain_encoders(self) -> None:
+        """Here, before the strategy wraps the model: under DDP every rank pre-trains and DDP
+        then starts every rank from rank 0's weights."""
+        from omnimodal.training.encoder_pretraining import pretrain_encoders
+
+        dm = self.trainer.datamodule
+        self.pretrain_summary = pretrain_encoders(
+            self.model, dm.load_records()["train"], self.pretrain_encoders, seed=int(dm.cfg.get("seed", 0)),
+            num_workers=int(dm.cfg.get("num_workers", 0)), device=self.trainer.strategy.root_device,
+        )
 
     def on_fit_end(self) -> None:
         """Back to the eager decoder: generation after training (evaluation, chat) feeds it

@@ -1,0 +1,122 @@
+"""Encoder pre-training: which records qualify, what trains, and the run's switch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from omnimodal.data.records import Record
+from omnimodal.errors import ConfigError
+from omnimodal.train import pretrain_config
+from omnimodal.training.encoder_pretraining import answer_sets, pretrain_encoders
+from omnimodal.training.module import apply_stage
+
+from .conftest import PYTHON, cli_env
+
+
+def _record(question: str, answer: str, kind: str | None = None, media: int = 1, source: str = "f.jsonl:1") -> Record:
+    parts = [{"type": "image", "path": f"{i}.png"} for i in range(media)] + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return Record(messages, source, kind=kind)
+
+
+def test_answer_sets_group_by_question_and_count_what_is_left_out():
+    records = [
+        _record("What colour?", "red", kind="colour"),
+        _record("What colour is it?", "blue", kind="colour"),  # same kind, other wording: one question
+        _record("How many?", "two"),
+        _record("How many?", "three"),
+        _record("Always?", "yes"),  # its question has one answer
+        _record("Both?", "yes", media=2),
+        _record("Both?", "no", media=0),
+    ]
+    multi = _record("What colour?", "red", kind="colour")
+    multi.messages += [{"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
+                       {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]
+    records.append(multi)
+    records += [_record("Describe it.", f"answer {i}") for i in range(5)]  # open-ended: 5 > max_answers=4
+
+    sets, skipped = answer_sets(records, {"image": "vision"}, max_answers=4)
+
+    vision = sets["vision"]
+    assert vision.questions == ["colour", "How many?"]
+    assert vision.answers == ["red", "blue", "two", "three"]
+    assert [(q, a) for _, _, q, a in vision.rows] == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    assert skipped == {"its question has one answer": 1, "not exactly one medium": 2,
+                       "not one user turn and one answer": 1, "its question has more than 4 distinct answers": 5}
+
+
+def _colour_records(vision_demo) -> list[Record]:
+    from omnimodal.data.records import read_jsonl
+
+    return [r for r in read_jsonl(vision_demo["train"], {"image": "vision"}) if r.kind == "colour"]
+
+
+def test_pretraining_trains_encoder_and_projector_only(tiny_model, vision_demo):
+    model = tiny_model
+    apply_stage(model, {"name": "full"}, {})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = pretrain_encoders(model, _colour_records(vision_demo), {"epochs": 30, "lr": 3e-3, "batch_size": 8})
+
+    result = summary["vision"]
+    # 40 images, five colours (chance 20%): 77.5% in the last epoch's running count here.
+    assert result["records"] == 40 and result["questions"] == 1 and result["answers"] == 5
+    assert result["train_accuracy_last_epoch"] >= 0.6, result
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"encoders", "projectors"}
+
+
+def test_pretraining_leaves_a_frozen_encoder_alone(tiny_model, vision_demo):
+    model = tiny_model
+    apply_stage(model, {"name": "align", "train_encoders": False, "train_decoder": False}, {})
+    encoder = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+    projector = {k: v.clone() for k, v in model.projectors.state_dict().items()}
+    pretrain_encoders(model, _colour_records(vision_demo), {"epochs": 1, "batch_size": 8})
+    assert all(torch.equal(v, model.encoders.state_dict()[k]) for k, v in encoder.items())
+    assert any(not torch.equal(v, model.projectors.state_dict()[k]) for k, v in projector.items())
+
+    model.set_trainable("projectors.vision", False)
+    assert pretrain_encoders(model, _colour_records(vision_demo), {"epochs": 1}) == {}  # nothing trains: nothing to do
+
+
+def test_pretraining_without_a_qualifying_record_names_the_modality_and_why(tiny_model):
+    apply_stage(tiny_model, {"name": "full"}, {})
+    open_ended = [_record("Describe it.", f"a long answer {i}") for i in range(40)]
+    with pytest.raises(ConfigError, match=r"no vision training record .*more than 32 distinct answers: 40"):
+        pretrain_encoders(tiny_model, open_ended, {"epochs": 1})
+    with pytest.raises(ConfigError, match=r"pretrain_encoders.modalities: \['audio'\]"):
+        pretrain_encoders(tiny_model, open_ended, {"epochs": 1, "modalities": ["audio"]})
+
+
+@pytest.mark.parametrize(("overrides", "fresh", "epochs"), [
+    ({}, True, 1),                                      # the built-in demo data, a model built here
+    ({"data": {"train": "mine.jsonl"}}, True, 0),       # the user's own data: off unless asked
+    ({}, False, 0),                                     # init_from / a given model: already trained
+    ({"ckpt_path": "last"}, True, 0),                   # resuming: the checkpoint holds the weights
+    ({"pretrain_encoders": {"epochs": 3}, "data": {"train": "mine.jsonl"}}, True, 3),
+])
+def test_auto_pretrains_only_a_fresh_model_on_the_demo_data(overrides, fresh, epochs):
+    cfg = {"data": {"train": None}, "pretrain_encoders": {"epochs": "auto", "lr": 2e-3}}
+    for key, value in overrides.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key in cfg else value
+    assert pretrain_config(cfg, fresh=fresh) == {"epochs": epochs, "lr": 2e-3}
+    with pytest.raises(ConfigError, match="pretrain_encoders.epochs must be auto or a whole number"):
+        pretrain_config({"data": {}, "pretrain_encoders": {"epochs": "two"}}, fresh=True)
+
+
+def test_cli_run_pretrains_then_trains_and_reports_it(tmp_path, vision_demo):
+    from .test_training import TINY
+
+    run = tmp_path / "run"
+    cmd = [PYTHON, "-m", "omnimodal.cli", "train", "modalities=[vision]", *TINY, "trainer.max_epochs=1",
+           f"data.train={vision_demo['train']}", f"data.val={vision_demo['val']}", "data.test=null",
+           "pretrain_encoders.epochs=2", "evaluate=false", f"hydra.run.dir={run}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((run / "result.json").read_text())["encoder_pretraining"]["vision"]
+    assert report["epochs"] == 2 and report["records"] > 40 and report["questions"] == 4
+    assert "encoder pre-training, vision:" in (run / "train.log").read_text()
