@@ -83,6 +83,16 @@ def test_pretraining_leaves_a_frozen_encoder_alone(tiny_model, vision_demo):
     assert pretrain_encoders(model, _colour_records(vision_demo), {"epochs": 1}) == {}  # nothing trains: nothing to do
 
 
+def test_a_modality_can_opt_out_and_an_explicit_list_overrides_it(tiny_model, vision_demo):
+    apply_stage(tiny_model, {"name": "full"}, {})
+    tiny_model.modalities["vision"].cfg["pretrain"] = False  # as the demo ViT's config says
+    before = {k: v.clone() for k, v in tiny_model.encoders.state_dict().items()}
+    assert pretrain_encoders(tiny_model, _colour_records(vision_demo), {"epochs": 1}) == {}
+    assert all(torch.equal(v, tiny_model.encoders.state_dict()[k]) for k, v in before.items())
+    summary = pretrain_encoders(tiny_model, _colour_records(vision_demo), {"epochs": 1, "modalities": ["vision"]})
+    assert summary["vision"]["records"] == 40
+
+
 def test_pretraining_without_a_qualifying_record_names_the_modality_and_why(tiny_model):
     apply_stage(tiny_model, {"name": "full"}, {})
     open_ended = [_record("Describe it.", f"a long answer {i}") for i in range(40)]
@@ -114,7 +124,8 @@ def test_cli_run_pretrains_then_trains_and_reports_it(tmp_path, vision_demo):
     run = tmp_path / "run"
     cmd = [PYTHON, "-m", "omnimodal.cli", "train", "modalities=[vision]", *TINY, "trainer.max_epochs=1",
            f"data.train={vision_demo['train']}", f"data.val={vision_demo['val']}", "data.test=null",
-           "pretrain_encoders.epochs=2", "evaluate=false", f"hydra.run.dir={run}"]
+           "pretrain_encoders.epochs=2", "pretrain_encoders.modalities=[vision]",  # the demo ViT opts out by default
+           "evaluate=false", f"hydra.run.dir={run}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads((run / "result.json").read_text())["encoder_pretraining"]["vision"]

@@ -4,7 +4,7 @@ From scratch, an encoder learns slowly through the language model's gradient: on
 demo a GINE trained that way still read "does it contain nitrogen?" at chance after 3 epochs,
 while the same encoder and projector trained for two epochs against one linear answer head per
 question read it at 100%, and a language model trained on top of them then answered it at
-100% too (README, "Encoder pre-training"). So before the language model trains, each modality
+100% too (README, "Demo speed: what was tried"). So before the language model trains, each modality
 whose encoder or projector trains here gets ``pretrain_encoders.epochs`` epochs of that: the
 item's pseudo-tokens, pooled by attention with one learned query per question (as the language
 model reads them), -> one linear head per question -> cross-entropy over the question's
@@ -118,7 +118,8 @@ def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int =
     return a summary per modality.
 
     ``cfg``: ``epochs``, ``lr``, ``batch_size``, ``max_answers``, ``modalities`` (names to
-    pre-train; null: every one whose encoder or projector trains). A modality to pre-train with
+    pre-train; null: every one whose encoder or projector trains, unless its own config says
+    ``pretrain: false``). A modality to pre-train with
     no qualifying record is an error (the reasons counted); one whose encoder and projector are
     both frozen is left alone.
     """
@@ -139,6 +140,8 @@ def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int =
     for name in model.modalities:
         if chosen is not None and name not in chosen:
             continue
+        if chosen is None and model.modalities[name].cfg.get("pretrain") is False:
+            continue  # the modality's own switch (modalities.<name>.pretrain); an explicit list overrides it
         if model.modalities[name].cfg.get("shared_with"):
             continue  # its owner's encoder and projector are pre-trained under the owner's name
         if name in (getattr(model, "feature_caches", None) or {}):
