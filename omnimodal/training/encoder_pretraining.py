@@ -73,17 +73,18 @@ def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32)
     for name, _, _, question, answer in found:
         answers_of.setdefault((name, question), set()).add(answer)
     sets: dict[str, AnswerSet] = {}
+    index: dict[tuple[str, str, str], int] = {}  # (modality, "q" or "a", text) -> its position
     for name, record, part, question, answer in found:
         n = len(answers_of[(name, question)])
         if not 2 <= n <= max_answers:
             skipped[f"its question has {'one answer' if n < 2 else f'more than {max_answers} distinct answers'}"] += 1
             continue
         s = sets.setdefault(name, AnswerSet())
-        if question not in s.questions:
-            s.questions.append(question)
-        if answer not in s.answers:
-            s.answers.append(answer)
-        s.rows.append((record, part, s.questions.index(question), s.answers.index(answer)))
+        for kind, text, names in (("q", question, s.questions), ("a", answer, s.answers)):
+            if (name, kind, text) not in index:
+                index[(name, kind, text)] = len(names)
+                names.append(text)
+        s.rows.append((record, part, index[(name, "q", question)], index[(name, "a", answer)]))
     return sets, skipped
 
 
@@ -119,9 +120,8 @@ def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int =
 
     ``cfg``: ``epochs``, ``lr``, ``batch_size``, ``max_answers``, ``modalities`` (names to
     pre-train; null: every one whose encoder or projector trains, unless its own config says
-    ``pretrain: false``). A modality to pre-train with
-    no qualifying record is an error (the reasons counted); one whose encoder and projector are
-    both frozen is left alone.
+    ``pretrain: false``). A modality to pre-train with no qualifying record is an error (the
+    reasons counted); one whose encoder and projector are both frozen is left alone.
     """
     epochs = int(cfg.get("epochs") or 0)
     if epochs <= 0:
