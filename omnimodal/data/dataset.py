@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,6 +93,20 @@ def truncation_events(full: EncodedText, cut: EncodedText) -> dict[str, int]:
     return {k: v for k, v in events.items() if v}
 
 
+
+def prepare_part(modality: Modality, part: dict[str, Any], base_dir: Path | None, source: str) -> MediaItem:
+    """Load and preprocess one media ``part`` of a record; a data error names ``source``."""
+    try:
+        # Encoded file bytes from Arrow/Parquet rows go to `load` as they are (as an API
+        # client's bytes do); a modality that cannot read bytes says so there.
+        raw = part["bytes"] if "bytes" in part else modality.item_from_part(part, base_dir)
+        return modality.prepare(raw, source)
+    except DataError as exc:
+        if source in str(exc):
+            raise
+        raise type(exc)(f"{source}: {exc}") from exc
+
+
 class ConversationDataset(torch.utils.data.Dataset):
     """Turns records into samples; ``mode='train'`` gives labels, ``'generate'`` a prompt + answer.
 
@@ -134,17 +149,8 @@ class ConversationDataset(torch.utils.data.Dataset):
             for j, part in enumerate(msg["content"]):
                 if part["type"] == "text":
                     continue
-                modality = self.by_part_type[part["type"]]
                 source = f"{record.source}: message {i} part {j} ({part['type']})"
-                try:
-                    # Encoded file bytes from Arrow/Parquet rows go to `load` as they are (as an
-                    # API client's bytes do); a modality that cannot read bytes says so there.
-                    raw = part["bytes"] if "bytes" in part else modality.item_from_part(part, record.base_dir)
-                    items.append(modality.prepare(raw, source))
-                except DataError as exc:
-                    if source in str(exc):
-                        raise
-                    raise type(exc)(f"{source}: {exc}") from exc
+                items.append(prepare_part(self.by_part_type[part["type"]], part, record.base_dir, source))
         return items
 
     def where(self, index: int) -> str:

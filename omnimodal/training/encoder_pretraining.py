@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from omnimodal.data.dataset import prepare_part
 from omnimodal.data.records import Record
 from omnimodal.errors import ConfigError
 
@@ -99,9 +100,8 @@ class _Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[dict[str, Any], int, int]:
         record, part, question, answer = self.rows[i]
-        source = f"{record.source} ({part['type']})"
-        raw = part["bytes"] if "bytes" in part else self.modality.item_from_part(part, record.base_dir)
-        return self.modality.prepare(raw, source).features, question, answer
+        item = prepare_part(self.modality, part, record.base_dir, f"{record.source} ({part['type']})")
+        return item.features, question, answer
 
 
 def _collate(modality: Any, batch: list[tuple[dict[str, Any], int, int]]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
