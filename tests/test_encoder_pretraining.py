@@ -17,36 +17,47 @@ from omnimodal.training.module import apply_stage
 from .conftest import PYTHON, cli_env
 
 
-def _record(question: str, answer: str, kind: str | None = None, media: int = 1, source: str = "f.jsonl:1") -> Record:
-    parts = [{"type": "image", "path": f"{i}.png"} for i in range(media)] + [{"type": "text", "text": question}]
+def _record(question: str, answer: str, kind: str | None = None, media: int = 1, source: str = "f.jsonl:1",
+            image: str = "0.png") -> Record:
+    parts = [{"type": "image", "path": image if i == 0 else f"{i}.png"} for i in range(media)] + [{"type": "text", "text": question}]
     messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     return Record(messages, source, kind=kind)
 
 
-def test_answer_sets_group_by_question_and_count_what_is_left_out():
+def _turn(question: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+def test_answer_sets_group_by_medium_and_question_and_count_what_is_left_out():
     records = [
-        _record("What colour?", "red", kind="colour"),
-        _record("What colour is it?", "blue", kind="colour"),  # same kind, other wording: one question
-        _record("How many?", "two"),
-        _record("How many?", "three"),
+        _record("What colour?", "red", kind="colour", image="a.png"),
+        _record("What colour is it?", "blue", kind="colour", image="b.png"),  # same kind, other wording: one question
+        _record("How many?", "two", image="a.png"),  # a second question about a.png: the same item
+        _record("What colour?", "green", image="c.png"),  # no kind: its text is the question
         _record("Always?", "yes"),  # its question has one answer
         _record("Both?", "yes", media=2),
         _record("Both?", "no", media=0),
     ]
-    multi = _record("What colour?", "red", kind="colour")
-    multi.messages += [{"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
-                       {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]
+    multi = _record("How many?", "three", kind="count", image="d.png")  # a conversation: turns' own text
+    multi.messages += _turn("What colour?", "red") + _turn("Always?", "yes")
     records.append(multi)
-    records += [_record("Describe it.", f"answer {i}") for i in range(5)]  # open-ended: 5 > max_answers=4
+    asks_first = Record(_turn("How many?", "two") + _record("What colour?", "red", image="e.png").messages, "f.jsonl:9")
+    records.append(asks_first)  # its medium is not in the first turn
+    records += [_record("Describe it.", f"answer {i}", image=f"{i}.png") for i in range(5)]  # open-ended: 5 > max_answers=4
 
     sets, skipped = answer_sets(records, {"image": "vision"}, max_answers=4)
 
     vision = sets["vision"]
-    assert vision.questions == ["colour", "How many?"]
-    assert vision.answers == ["red", "blue", "two", "three"]
-    assert [(q, a) for _, _, q, a in vision.rows] == [(0, 0), (0, 1), (1, 2), (1, 3)]
-    assert skipped == {"its question has one answer": 1, "not exactly one medium": 2,
-                       "not one user turn and one answer": 1, "its question has more than 4 distinct answers": 5}
+    assert vision.questions == ["colour", "How many?", "What colour?"]
+    assert vision.answers == ["red", "blue", "two", "green", "three"]
+    assert [(part["path"], pairs) for _, part, pairs in vision.items] == [
+        ("a.png", [(0, 0), (1, 2)]), ("b.png", [(0, 1)]), ("c.png", [(2, 3)]), ("d.png", [(1, 4), (2, 0)])]
+    assert vision.labels == 6
+    assert skipped == {"its question has one answer": 2, "not exactly one medium": 3,
+                       "its question has more than 4 distinct answers": 5}
+    odd = Record([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "f.jsonl:3")
+    assert answer_sets([odd], {"image": "vision"})[1] == {"not user turns each answered once": 1}
 
 
 def _colour_records(vision_demo) -> list[Record]:
@@ -63,7 +74,7 @@ def test_pretraining_trains_encoder_and_projector_only(tiny_model, vision_demo):
 
     result = summary["vision"]
     # 40 images, five colours (chance 20%): 77.5% in the last epoch's running count here.
-    assert result["records"] == 40 and result["questions"] == 1 and result["answers"] == 5
+    assert result["media"] == result["labels"] == 40 and result["questions"] == 1 and result["answers"] == 5
     assert result["train_accuracy_last_epoch"] >= 0.6, result
     after = model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
@@ -90,7 +101,7 @@ def test_a_modality_can_opt_out_and_an_explicit_list_overrides_it(tiny_model, vi
     assert pretrain_encoders(tiny_model, _colour_records(vision_demo), {"epochs": 1}) == {}
     assert all(torch.equal(v, tiny_model.encoders.state_dict()[k]) for k, v in before.items())
     summary = pretrain_encoders(tiny_model, _colour_records(vision_demo), {"epochs": 1, "modalities": ["vision"]})
-    assert summary["vision"]["records"] == 40
+    assert summary["vision"]["media"] == 40
 
 
 def test_pretraining_without_a_qualifying_record_names_the_modality_and_why(tiny_model):
@@ -129,5 +140,6 @@ def test_cli_run_pretrains_then_trains_and_reports_it(tmp_path, vision_demo):
     done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads((run / "result.json").read_text())["encoder_pretraining"]["vision"]
-    assert report["epochs"] == 2 and report["records"] > 40 and report["questions"] == 4
+    # each image once, with every question asked about it
+    assert report["epochs"] == 2 and 40 <= report["media"] < report["labels"] and report["questions"] == 4
     assert "encoder pre-training, vision:" in (run / "train.log").read_text()

@@ -226,3 +226,34 @@ def test_fast_pixels_refuse_what_they_do_not_reproduce(monkeypatch):
     call = pixels.TowerPixels.__call__
     monkeypatch.setattr(pixels.TowerPixels, "__call__", lambda self, image: call(self, image) + 1e-6)
     assert pixels.fast_pixels(proc) is None  # the probe check catches any difference
+
+
+def test_conv_stem_keeps_the_grid_sees_across_patch_borders_and_round_trips(tmp_path, vision_demo):
+    from omnimodal_vision.encoders import ViTEncoder
+
+    from omnimodal.model import OmniModel
+
+    from .conftest import texts_of, tiny_decoder_cfg
+
+    torch.manual_seed(0)
+    patch, conv = ViTEncoder(patch_size=16, width=32, depth=1, heads=2).eval(), ViTEncoder(patch_size=16, width=32, depth=1, heads=2, stem="conv").eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    assert patch(pixels)[0].shape == conv(pixels)[0].shape == (2, 16, 32)
+    nudged = pixels.clone()
+    nudged[:, :, 15, 15] += 1.0  # the last pixel of patch (0, 0): only the conv stem's position (1, 1) sees it
+    for encoder, sees in ((patch, False), (conv, True)):
+        stem = encoder.patch_embed(pixels)[..., 1, 1]
+        assert torch.equal(stem, encoder.patch_embed(nudged)[..., 1, 1]) is not sees
+    with pytest.raises(ConfigError, match="stem 'conv' needs patch_size a power of two, got 12"):
+        ViTEncoder(image_size=48, patch_size=12, stem="conv")
+    with pytest.raises(ConfigError, match="stem must be 'patch' or 'conv'"):
+        ViTEncoder(stem="conv3")
+
+    cfg = {**tiny_vision_cfg(), "encoder": {**tiny_vision_cfg()["encoder"], "stem": "conv"}}
+    model = OmniModel.from_config({"decoder": tiny_decoder_cfg(), "modalities": {"vision": cfg}}, texts=texts_of([vision_demo["train"]]))
+    model.train()
+    model.encode_media("vision", {"pixel_values": pixels})  # BatchNorm's running statistics move
+    model.eval()
+    model.save_pretrained(tmp_path / "saved")
+    loaded = OmniModel.from_pretrained(tmp_path / "saved").eval()
+    assert torch.equal(model.encode_media("vision", {"pixel_values": pixels})[0], loaded.encode_media("vision", {"pixel_values": pixels})[0])

@@ -19,6 +19,7 @@ set. Records that do not qualify are counted by reason and reported, never guess
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -38,43 +39,61 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AnswerSet:
-    """One modality's records seen as classification: ``(record, part, question, answer)`` rows."""
+    """One modality's records seen as classification: each medium once, with its
+    ``(question, answer)`` index pairs (every record and turn that asks about it)."""
 
-    rows: list[tuple[Record, dict[str, Any], int, int]] = field(default_factory=list)
+    items: list[tuple[Record, dict[str, Any], list[tuple[int, int]]]] = field(default_factory=list)
     questions: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
 
+    @property
+    def labels(self) -> int:
+        """How many (medium, question, answer) rows there are."""
+        return sum(len(qa) for _, _, qa in self.items)
 
-def _single_turn(record: Record) -> tuple[dict[str, Any], str, str] | str:
-    """``(media part, question, answer)`` of a one-medium, one-turn record, or why not."""
+
+def _question_turns(record: Record) -> tuple[dict[str, Any], list[tuple[str, str]]] | str:
+    """``(media part, [(question, answer), ...])`` of a record about one medium, or why not.
+
+    The medium sits in the first user turn; every user turn is answered by one text-only
+    assistant turn. A one-question record's question is its ``kind`` when it has one (so
+    differently worded questions of a kind share a head), else the user's text.
+    """
     turns = [m for m in record.messages if m["role"] != "system"]
-    if len(turns) != 2 or turns[0]["role"] != "user" or turns[1]["role"] != "assistant":
-        return "not one user turn and one answer"
-    media = [p for p in turns[0]["content"] if p["type"] != "text"]
-    if len(media) != 1 or any(p["type"] != "text" for p in turns[1]["content"]):
+    roles = [m["role"] for m in turns]
+    if not turns or len(turns) % 2 or roles != ["user", "assistant"] * (len(turns) // 2):
+        return "not user turns each answered once"
+    media = [p for m in turns for p in m["content"] if p["type"] != "text"]
+    if len(media) != 1 or media[0] not in turns[0]["content"]:
         return "not exactly one medium"
-    question = record.kind or " ".join(p["text"] for p in turns[0]["content"] if p["type"] == "text").strip()
-    answer = " ".join(p["text"] for p in turns[1]["content"]).strip()
-    return media[0], question, answer
+    pairs = []
+    for user, assistant in zip(turns[::2], turns[1::2]):
+        question = " ".join(p["text"] for p in user["content"] if p["type"] == "text").strip()
+        pairs.append((question, " ".join(p["text"] for p in assistant["content"]).strip()))
+    if len(pairs) == 1 and record.kind:
+        pairs = [(record.kind, pairs[0][1])]
+    return media[0], pairs
 
 
 def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32) -> tuple[dict[str, AnswerSet], Counter]:
-    """Group the training records by modality into :class:`AnswerSet` s; also count the
-    records left out, by reason. ``part_types`` maps a part type to its modality's name."""
+    """Group the training records by modality into :class:`AnswerSet` s, one item per distinct
+    medium (same part, same base folder); also count the question rows left out, by reason.
+    ``part_types`` maps a part type to its modality's name."""
     skipped: Counter = Counter()
     found: list[tuple[str, Record, dict[str, Any], str, str]] = []
     for record in records:
-        got = _single_turn(record)
+        got = _question_turns(record)
         if isinstance(got, str):
             skipped[got] += 1
             continue
-        part, question, answer = got
-        found.append((part_types[part["type"]], record, part, question, answer))
+        part, pairs = got
+        found += [(part_types[part["type"]], record, part, question, answer) for question, answer in pairs]
     answers_of: dict[tuple[str, str], set[str]] = {}
     for name, _, _, question, answer in found:
         answers_of.setdefault((name, question), set()).add(answer)
     sets: dict[str, AnswerSet] = {}
     index: dict[tuple[str, str, str], int] = {}  # (modality, "q" or "a", text) -> its position
+    item_of: dict[tuple[str, str, str], int] = {}  # (modality, base dir, part) -> item position
     for name, record, part, question, answer in found:
         n = len(answers_of[(name, question)])
         if not 2 <= n <= max_answers:
@@ -85,27 +104,34 @@ def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32)
             if (name, kind, text) not in index:
                 index[(name, kind, text)] = len(names)
                 names.append(text)
-        s.rows.append((record, part, index[(name, "q", question)], index[(name, "a", answer)]))
+        key = (name, str(record.base_dir), json.dumps(part, sort_keys=True, default=str))
+        if key not in item_of:
+            item_of[key] = len(s.items)
+            s.items.append((record, part, []))
+        s.items[item_of[key]][2].append((index[(name, "q", question)], index[(name, "a", answer)]))
     return sets, skipped
 
 
 class _Items(torch.utils.data.Dataset):
     """An answer set's media, prepared by the modality (errors name the record)."""
 
-    def __init__(self, modality: Any, rows: list[tuple[Record, dict[str, Any], int, int]]):
-        self.modality, self.rows = modality, rows
+    def __init__(self, modality: Any, items: list[tuple[Record, dict[str, Any], list[tuple[int, int]]]]):
+        self.modality, self.items = modality, items
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, Any], int, int]:
-        record, part, question, answer = self.rows[i]
+    def __getitem__(self, i: int) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+        record, part, pairs = self.items[i]
         item = prepare_part(self.modality, part, record.base_dir, f"{record.source} ({part['type']})")
-        return item.features, question, answer
+        return item.features, pairs
 
 
-def _collate(modality: Any, batch: list[tuple[dict[str, Any], int, int]]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    return modality.collate([b[0] for b in batch]), torch.tensor([b[1] for b in batch]), torch.tensor([b[2] for b in batch])
+def _collate(modality: Any, batch: list[tuple[dict[str, Any], list[tuple[int, int]]]]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The media batch, then one row per question: its medium's position, question, answer."""
+    rows = [(i, q, a) for i, (_, pairs) in enumerate(batch) for q, a in pairs]
+    media, question, answer = (torch.tensor(column) for column in zip(*rows))
+    return modality.collate([b[0] for b in batch]), media, question, answer
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -129,7 +155,7 @@ def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int =
     part_types = {m.part_type: name for name, m in model.modalities.items()}
     sets, skipped = answer_sets(records, part_types, int(cfg.get("max_answers", 32)))
     if skipped:
-        log.info("encoder pre-training: %d training records left out (%s)", sum(skipped.values()),
+        log.info("encoder pre-training: %d training records or questions left out (%s)", sum(skipped.values()),
                  "; ".join(f"{why}: {n}" for why, n in skipped.most_common()))
     width = model.decoder.get_input_embeddings().weight.shape[1]
     summary: dict[str, Any] = {}
@@ -174,20 +200,22 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
     extra = [queries, *head.parameters()]
     # Answers that never go with a question stay out of its softmax.
     allowed = torch.zeros(n_q, n_a, dtype=torch.bool, device=device)
-    for _, _, q, a in answer_set.rows:
-        allowed[q, a] = True
+    for _, _, pairs in answer_set.items:
+        for q, a in pairs:
+            allowed[q, a] = True
     optimizer = torch.optim.AdamW(params + extra, lr=float(cfg.get("lr", 5e-4)), weight_decay=0.01)
     loader = torch.utils.data.DataLoader(
-        _Items(modality, answer_set.rows), batch_size=int(cfg.get("batch_size", 32)), shuffle=True, generator=generator,
+        _Items(modality, answer_set.items), batch_size=int(cfg.get("batch_size", 32)), shuffle=True, generator=generator,
         num_workers=num_workers, collate_fn=partial(_collate, modality),
     )
     hits = seen = 0  # modules keep the modes the stage gave them (frozen parts in eval mode)
     for _ in range(epochs):
         hits = seen = 0  # the last epoch's running accuracy is reported
-        for features, question, answer in loader:
+        for features, media, question, answer in loader:
             features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-            question, answer = question.to(device), answer.to(device)
+            media, question, answer = media.to(device), question.to(device), answer.to(device)
             tokens, mask = projector(*encoder(**features))
+            tokens, mask = tokens[media], mask[media]  # one row per question asked about the medium
             scores = (tokens @ queries[question].unsqueeze(-1)).squeeze(-1) / width**0.5
             attention = scores.masked_fill(~mask, float("-inf")).softmax(-1)
             pooled = (attention.unsqueeze(-1) * tokens).sum(1)
@@ -202,8 +230,8 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
             seen += len(answer)
     optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
-    result = {"epochs": epochs, "records": len(answer_set.rows), "questions": n_q, "answers": n_a,
+    result = {"epochs": epochs, "media": len(answer_set.items), "labels": answer_set.labels, "questions": n_q, "answers": n_a,
               "train_accuracy_last_epoch": hits / max(seen, 1), "seconds": round(seconds, 1)}
-    log.info("encoder pre-training, %s: %d records, %d questions, %d epoch(s), train accuracy %.1f%% in the last, %.1f s",
-             modality.name, len(answer_set.rows), n_q, epochs, 100 * result["train_accuracy_last_epoch"], seconds)
+    log.info("encoder pre-training, %s: %d media, %d questions asked of them (%d kinds), %d epoch(s), "
+             "train accuracy %.1f%% in the last, %.1f s", modality.name, len(answer_set.items), answer_set.labels, n_q, epochs, 100 * result["train_accuracy_last_epoch"], seconds)
     return result

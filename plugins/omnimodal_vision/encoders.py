@@ -48,10 +48,29 @@ def tower_lengths(tower: dict[str, Any], features: str, spatial_shapes: torch.Te
     return torch.full((n,), side * side + (1 if keep_cls else 0), dtype=torch.long)
 
 
+def conv_stem(patch_size: int, width: int) -> nn.Sequential:
+    """Xiao et al.'s convolutional stem ("Early Convolutions Help Transformers See Better",
+    2021): ``log2(patch_size)`` stride-2 3x3 convolutions with BatchNorm and ReLU, channels
+    doubling up to ``width``, then a 1x1 convolution: the same patch grid as a ``patch_size``
+    patchify, but each position sees its neighbourhood and not one cut-out square.
+    """
+    steps = int(patch_size).bit_length() - 1
+    if patch_size < 2 or 2**steps != patch_size:
+        raise ConfigError(f"vit: stem 'conv' needs patch_size a power of two, got {patch_size}")
+    layers: list[nn.Module] = []
+    channels = 3
+    for i in range(steps):
+        out = max(width >> (steps - 1 - i), 8)
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        channels = out
+    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+
+
 class ViTEncoder(nn.Module):
     """A plain ViT: patch embedding, learned positions, pre-norm blocks, closing LayerNorm.
 
     The closing LayerNorm matters: without it the demo stays at the blind baseline.
+    ``stem="conv"`` replaces the patchify convolution by :func:`conv_stem` (same grid).
     """
 
     def __init__(
@@ -64,8 +83,11 @@ class ViTEncoder(nn.Module):
         mlp_ratio: float = 4,
         dropout: float = 0.0,
         features: str = "patch",
+        stem: str = "patch",
     ):
         super().__init__()
+        if stem not in ("patch", "conv"):
+            raise ConfigError(f"vit: stem must be 'patch' or 'conv', got {stem!r}")
         if image_size % patch_size:
             raise ConfigError(f"vit: image_size {image_size} is not a multiple of patch_size {patch_size}")
         if features not in ("patch", "cls_patch"):
@@ -74,7 +96,10 @@ class ViTEncoder(nn.Module):
         self.out_dim = width
         self.length = vit_length(image_size, patch_size, features)
         n = vit_length(image_size, patch_size, "patch")
-        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        if stem == "conv":
+            self.patch_embed = conv_stem(patch_size, width)
+        else:
+            self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
         layer = nn.TransformerEncoderLayer(
