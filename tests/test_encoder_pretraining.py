@@ -114,7 +114,7 @@ def test_pretraining_without_a_qualifying_record_names_the_modality_and_why(tiny
 
 
 @pytest.mark.parametrize(("overrides", "fresh", "epochs"), [
-    ({}, True, 1),                                      # the built-in demo data, a model built here
+    ({}, True, 3),                                      # the built-in demo data, a model built here
     ({"data": {"train": "mine.jsonl"}}, True, 0),       # the user's own data: off unless asked
     ({}, False, 0),                                     # init_from / a given model: already trained
     ({"ckpt_path": "last"}, True, 0),                   # resuming: the checkpoint holds the weights
@@ -143,3 +143,32 @@ def test_cli_run_pretrains_then_trains_and_reports_it(tmp_path, vision_demo):
     # each image once, with every question asked about it
     assert report["epochs"] == 2 and 40 <= report["media"] < report["labels"] and report["questions"] == 4
     assert "encoder pre-training, vision:" in (run / "train.log").read_text()
+    assert report["encoder_frozen_after"] is True  # pretrain_encoders.freeze_encoders defaults to true
+
+
+def test_freeze_encoders_keeps_the_pretrained_encoder_through_training(tmp_path, vision_demo):
+    from safetensors.torch import load_file
+
+    from .test_training import TINY
+
+    def train(run, *extra):
+        cmd = [PYTHON, "-m", "omnimodal.cli", "train", "modalities=[vision]", *TINY, "trainer.max_epochs=1",
+               f"data.train={vision_demo['train']}", "data.val=null", "data.test=null", "evaluate=false",
+               "pretrain_encoders.epochs=1", "pretrain_encoders.modalities=[vision]", f"hydra.run.dir={run}", *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return load_file(run / "model" / "model.safetensors"), done.stdout
+
+    pretrained, _ = train(tmp_path / "pre", "trainer.max_steps=0")  # pre-training only: what the encoder learned
+    frozen, table = train(tmp_path / "frozen")  # freeze_encoders: true, the default
+    trained, _ = train(tmp_path / "trained", "pretrain_encoders.freeze_encoders=false")
+    encoder = [k for k in pretrained if k.startswith("encoders.vision.")]
+    projector = [k for k in pretrained if k.startswith("projectors.vision.")]
+    assert encoder and projector
+    assert all(torch.equal(pretrained[k], frozen[k]) for k in encoder)  # BatchNorm statistics included
+    assert not all(torch.equal(pretrained[k], frozen[k]) for k in projector)
+    assert not all(torch.equal(pretrained[k], trained[k]) for k in encoder)
+    row = next(line.split() for line in table.splitlines() if line.startswith("encoders.vision "))
+    assert row[1] == "0" and row[-1] == "eval", table  # the parameter table: nothing trainable, eval mode
+    report = json.loads((tmp_path / "frozen" / "result.json").read_text())["encoder_pretraining"]["vision"]
+    assert report["encoder_frozen_after"] is True

@@ -111,6 +111,16 @@ def test_killed_mid_epoch_with_dropout_resumes_exactly(tmp_path, train40, straig
     assert_same_weights(want, tmp_path / "r")
 
 
+def test_killed_run_with_encoders_frozen_after_pretraining_resumes_exactly(tmp_path, train40, straight):
+    """pretrain_encoders.freeze_encoders: the resumed run does not pre-train again, but freezes
+    the same encoders (from the checkpoint) before its optimizer is built."""
+    extra = ["pretrain_encoders.epochs=1", "pretrain_encoders.modalities=[vision]", "pretrain_encoders.freeze_encoders=true"]
+    want = straight(*extra)
+    log = kill_and_resume(tmp_path / "r", "after_write:8", train40, *extra, *EVERY_STEP)
+    assert "encoder pre-training, vision" not in log
+    assert_same_weights(want, tmp_path / "r")
+
+
 GROUPED = ["data.group_by_length=true", "data.group_window=2"]
 
 

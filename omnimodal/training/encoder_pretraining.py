@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 
 from omnimodal.data.dataset import prepare_part
 from omnimodal.data.records import Record
+from omnimodal.data.transport import for_transport
 from omnimodal.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,45 @@ class _Items(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any], list[tuple[int, int]]]:
         record, part, pairs = self.items[i]
         item = prepare_part(self.modality, part, record.base_dir, f"{record.source} ({part['type']})")
-        return item.features, pairs
+        return i, item.features, pairs
 
 
-def _collate(modality: Any, batch: list[tuple[dict[str, Any], list[tuple[int, int]]]]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(modality: Any, batch: list[tuple[int, dict[str, Any], list[tuple[int, int]]]]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
     """The media batch, then one row per question: its medium's position, question, answer."""
-    rows = [(i, q, a) for i, (_, pairs) in enumerate(batch) for q, a in pairs]
+    rows = [(i, q, a) for i, (_, _, pairs) in enumerate(batch) for q, a in pairs]
     media, question, answer = (torch.tensor(column) for column in zip(*rows))
-    return modality.collate([b[0] for b in batch]), media, question, answer
+    return modality.collate([b[1] for b in batch]), media, question, answer
+
+
+def _nbytes(features: dict[str, Any]) -> int:
+    return sum(v.nbytes for v in features.values() if isinstance(v, torch.Tensor))
+
+
+def _batches(dataset: _Items, order: list[int], batch_size: int, num_workers: int, kept: dict[int, Any] | None):
+    """This epoch's batches (lists of prepared items) in ``order``: from ``kept`` when it holds
+    every item, else prepared by the data workers (and added to ``kept`` while it is not None)."""
+    if kept is not None and len(kept) == len(dataset):
+        for start in range(0, len(order), batch_size):
+            yield [kept[i] for i in order[start:start + batch_size]]
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers, collate_fn=_as_one_buffer)
+    for batch in loader:
+        yield batch["items"]
+
+
+def _as_one_buffer(batch: list[Any]) -> Any:
+    """A worker's list of prepared items, its small tensors handed over in one buffer (not one
+    shared-memory descriptor each: a molecule batch holds 160)."""
+    return for_transport({"items": batch})
+
+
+def _own(item: tuple[int, dict[str, Any], Any]) -> tuple[int, dict[str, Any], Any]:
+    """An item with its own tensors (not views of a batch's shared buffer) to keep."""
+    i, features, pairs = item
+    return i, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in features.items()}, pairs
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -204,14 +233,27 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
         for q, a in pairs:
             allowed[q, a] = True
     optimizer = torch.optim.AdamW(params + extra, lr=float(cfg.get("lr", 5e-4)), weight_decay=0.01)
-    loader = torch.utils.data.DataLoader(
-        _Items(modality, answer_set.items), batch_size=int(cfg.get("batch_size", 32)), shuffle=True, generator=generator,
-        num_workers=num_workers, collate_fn=partial(_collate, modality),
-    )
+    dataset = _Items(modality, answer_set.items)
+    if device.type == "cpu" and (os.cpu_count() or 1) <= torch.get_num_threads():
+        # Training on every core already: a worker would only take turns with the compute threads
+        # (the demo's 3 molecule epochs: 19 s in-process, 28-32 s with one worker on 2 cores).
+        num_workers = 0
+    # Prepared media stay in memory after the first epoch while they fit in memory_mb (the later
+    # epochs then decode nothing); past it they are dropped and every epoch prepares them again.
+    budget = float(cfg.get("memory_mb", 2048)) * 2**20
+    kept: dict[int, Any] | None = {} if epochs > 1 and budget > 0 else None
+    kept_bytes = 0
     hits = seen = 0  # modules keep the modes the stage gave them (frozen parts in eval mode)
     for _ in range(epochs):
         hits = seen = 0  # the last epoch's running accuracy is reported
-        for features, media, question, answer in loader:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        for batch in _batches(dataset, order, int(cfg.get("batch_size", 32)), num_workers, kept):
+            if kept is not None and len(kept) < len(dataset):
+                kept.update((b[0], _own(b)) for b in batch)
+                kept_bytes += sum(_nbytes(b[1]) for b in batch)
+                if kept_bytes > budget:
+                    kept = None
+            features, media, question, answer = _collate(modality, batch)
             features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             media, question, answer = media.to(device), question.to(device), answer.to(device)
             tokens, mask = projector(*encoder(**features))
@@ -231,7 +273,8 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
     optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
     result = {"epochs": epochs, "media": len(answer_set.items), "labels": answer_set.labels, "questions": n_q, "answers": n_a,
-              "train_accuracy_last_epoch": hits / max(seen, 1), "seconds": round(seconds, 1)}
+              "train_accuracy_last_epoch": hits / max(seen, 1), "seconds": round(seconds, 1),
+              "media_kept_in_memory_mb": round(kept_bytes / 2**20, 1) if kept is not None else None}
     log.info("encoder pre-training, %s: %d media, %d questions asked of them (%d kinds), %d epoch(s), "
              "train accuracy %.1f%% in the last, %.1f s", modality.name, len(answer_set.items), answer_set.labels, n_q, epochs, 100 * result["train_accuracy_last_epoch"], seconds)
     return result

@@ -98,6 +98,7 @@ class OmniLightningModule(L.LightningModule):
         # Encoder pre-training before the first step (omnimodal.training.encoder_pretraining).
         self.pretrain_encoders = dict(pretrain_encoders or {})
         self.pretrain_summary: dict[str, Any] = {}
+        self.frozen_after_pretraining: list[str] = []  # encoders frozen once pre-trained (kept in checkpoints)
         self.stage = dict(stage)
         self.modality_cfgs = dict(modality_cfgs or {})
         self.data_events: dict[str, int] = {}  # e.g. {"audio.clips_cut": 3} over the first epoch
@@ -132,6 +133,18 @@ class OmniLightningModule(L.LightningModule):
             self.model, dm.load_records()["train"], self.pretrain_encoders, seed=int(dm.cfg.get("seed", 0)),
             num_workers=int(dm.cfg.get("num_workers", 0)), device=self.trainer.strategy.root_device,
         )
+        if self.pretrain_encoders.get("freeze_encoders"):
+            self._freeze_encoders(sorted(self.pretrain_summary))
+            for name in self.frozen_after_pretraining:
+                self.pretrain_summary[name]["encoder_frozen_after"] = True
+
+    def _freeze_encoders(self, names: list[str]) -> None:
+        """Freeze these modalities' encoders (their projectors train on) for the language model's
+        training: it then starts from what pre-training learned and does not unlearn it."""
+        for name in names:
+            if any(p.requires_grad for p in self.model.encoders[name].parameters()):
+                self.model.set_trainable(f"encoders.{name}", False)
+                self.frozen_after_pretraining.append(name)
 
     def on_fit_end(self) -> None:
         """Back to the eager decoder: generation after training (evaluation, chat) feeds it
@@ -144,6 +157,7 @@ class OmniLightningModule(L.LightningModule):
         from omnimodal.training.rng import gather_rng_states
 
         checkpoint["omnimodal_rng_per_rank"] = gather_rng_states()  # a collective: every rank dumps
+        checkpoint["omnimodal_frozen_after_pretraining"] = list(self.frozen_after_pretraining)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume with another model, tokenizer or data; restore this rank's RNG states."""
@@ -156,6 +170,8 @@ class OmniLightningModule(L.LightningModule):
         changes = signature_changes(saved or {}, current or {})
         if changes:
             raise ConfigError("cannot resume: changed since the checkpoint was written:\n  " + "\n  ".join(changes))
+        # Before the optimizer is built (Lightning restores modules first): the same parameters train.
+        self._freeze_encoders(list(checkpoint.get("omnimodal_frozen_after_pretraining", [])))
         states = checkpoint.get("omnimodal_rng_per_rank")
         if states:
             trainer = self._trainer
