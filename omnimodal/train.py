@@ -84,7 +84,7 @@ def model_signature(cfg: dict[str, Any]) -> dict[str, str]:
 
 
 def pretrain_config(cfg: dict[str, Any], fresh: bool) -> dict[str, Any]:
-    """``pretrain_encoders`` with ``epochs`` resolved: ``auto`` is 3 for a model built by this run
+    """``pretrain_encoders`` with ``epochs`` resolved: ``auto`` is 4 for a model built by this run
     (``fresh``) on the built-in demo data (``data.train`` unset), else 0; a resumed run
     (``ckpt_path``) never pre-trains (its checkpoint holds the weights)."""
     from omnimodal.errors import ConfigError
@@ -92,7 +92,7 @@ def pretrain_config(cfg: dict[str, Any], fresh: bool) -> dict[str, Any]:
     pre = dict(cfg.get("pretrain_encoders") or {})
     epochs = pre.get("epochs", 0)
     if epochs == "auto":
-        epochs = 3 if fresh and not cfg["data"].get("train") else 0
+        epochs = 4 if fresh and not cfg["data"].get("train") else 0
     elif not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ConfigError(f"pretrain_encoders.epochs must be auto or a whole number >= 0, got {epochs!r}")
     if cfg.get("ckpt_path"):

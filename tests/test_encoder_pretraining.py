@@ -94,6 +94,25 @@ def test_pretraining_leaves_a_frozen_encoder_alone(tiny_model, vision_demo):
     assert pretrain_encoders(model, _colour_records(vision_demo), {"epochs": 1}) == {}  # nothing trains: nothing to do
 
 
+def test_media_kept_in_memory_train_exactly_as_media_prepared_every_epoch(vision_demo):
+    from omnimodal.model import OmniModel
+
+    from .conftest import texts_of, tiny_decoder_cfg, tiny_vision_cfg
+
+    runs = {}
+    for memory_mb in (2048, 0.05, 0):  # all kept; over the budget after the first batch; never
+        torch.manual_seed(0)
+        model = OmniModel.from_config({"decoder": tiny_decoder_cfg(), "modalities": {"vision": tiny_vision_cfg()}},
+                                      texts=texts_of([vision_demo["train"]]))
+        apply_stage(model, {"name": "full"}, {})
+        summary = pretrain_encoders(model, _colour_records(vision_demo), {"epochs": 3, "batch_size": 8, "memory_mb": memory_mb})
+        runs[memory_mb] = summary["vision"], model.encoders.state_dict()
+    assert runs[2048][0]["media_kept_in_memory_mb"] == pytest.approx(40 * 3 * 64 * 64 * 4 / 2**20, abs=0.1)
+    assert runs[0.05][0]["media_kept_in_memory_mb"] is None and runs[0][0]["media_kept_in_memory_mb"] is None
+    for memory_mb in (0.05, 0):
+        assert all(torch.equal(v, runs[memory_mb][1][k]) for k, v in runs[2048][1].items()), memory_mb
+
+
 def test_a_modality_can_opt_out_and_an_explicit_list_overrides_it(tiny_model, vision_demo):
     apply_stage(tiny_model, {"name": "full"}, {})
     tiny_model.modalities["vision"].cfg["pretrain"] = False  # as the demo ViT's config says
@@ -114,7 +133,7 @@ def test_pretraining_without_a_qualifying_record_names_the_modality_and_why(tiny
 
 
 @pytest.mark.parametrize(("overrides", "fresh", "epochs"), [
-    ({}, True, 3),                                      # the built-in demo data, a model built here
+    ({}, True, 4),                                      # the built-in demo data, a model built here
     ({"data": {"train": "mine.jsonl"}}, True, 0),       # the user's own data: off unless asked
     ({}, False, 0),                                     # init_from / a given model: already trained
     ({"ckpt_path": "last"}, True, 0),                   # resuming: the checkpoint holds the weights

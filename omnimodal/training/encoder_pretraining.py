@@ -11,10 +11,12 @@ model reads them), -> one linear head per question -> cross-entropy over the que
 answers. Only the queries and heads are thrown away; what the encoder and projector learned
 stays.
 
-The labels come from the training records themselves: a record qualifies when it is one user
-turn with exactly one medium and one assistant answer, and its question (the record's ``kind``,
-else the user turn's text) has between 2 and ``max_answers`` distinct answers in the training
-set. Records that do not qualify are counted by reason and reported, never guessed at.
+The labels come from the training records themselves: a record qualifies when it is about one
+medium (in its first user turn) and each user turn is answered by one text-only assistant turn;
+each turn is a question (a one-question record's ``kind`` when it has one, else the user's
+text), kept when it has between 2 and ``max_answers`` distinct answers in the training set.
+What does not qualify is counted by reason and reported, never guessed at. Each distinct medium
+is one item, encoded once per step for every question asked about it.
 """
 
 from __future__ import annotations
