@@ -52,7 +52,8 @@ def conv_stem(patch_size: int, width: int) -> nn.Sequential:
     """Xiao et al.'s convolutional stem ("Early Convolutions Help Transformers See Better",
     2021): ``log2(patch_size)`` stride-2 3x3 convolutions with BatchNorm and ReLU, channels
     doubling up to ``width``, then a 1x1 convolution: the same patch grid as a ``patch_size``
-    patchify, but each position sees its neighbourhood and not one cut-out square.
+    patchify, but each position sees its neighbourhood and not one cut-out square. Under DDP
+    its BatchNorm uses each rank's own batch statistics unless ``trainer.sync_batchnorm=true``.
     """
     steps = int(patch_size).bit_length() - 1
     if patch_size < 2 or 2**steps != patch_size:
