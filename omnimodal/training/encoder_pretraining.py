@@ -83,21 +83,22 @@ def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32)
     medium (same part, same base folder); also count the question rows left out, by reason.
     ``part_types`` maps a part type to its modality's name."""
     skipped: Counter = Counter()
-    found: list[tuple[str, Record, dict[str, Any], str, str]] = []
+    found: list[tuple[str, Record, dict[str, Any], str, str, str]] = []
     for record in records:
         got = _question_turns(record)
         if isinstance(got, str):
             skipped[got] += 1
             continue
         part, pairs = got
-        found += [(part_types[part["type"]], record, part, question, answer) for question, answer in pairs]
+        medium = f"{record.base_dir}\0{json.dumps(part, sort_keys=True, default=str)}"  # same part, same folder: one item
+        found += [(part_types[part["type"]], record, part, medium, question, answer) for question, answer in pairs]
     answers_of: dict[tuple[str, str], set[str]] = {}
-    for name, _, _, question, answer in found:
+    for name, _, _, _, question, answer in found:
         answers_of.setdefault((name, question), set()).add(answer)
     sets: dict[str, AnswerSet] = {}
     index: dict[tuple[str, str, str], int] = {}  # (modality, "q" or "a", text) -> its position
-    item_of: dict[tuple[str, str, str], int] = {}  # (modality, base dir, part) -> item position
-    for name, record, part, question, answer in found:
+    item_of: dict[tuple[str, str], int] = {}  # (modality, medium) -> item position
+    for name, record, part, medium, question, answer in found:
         n = len(answers_of[(name, question)])
         if not 2 <= n <= max_answers:
             skipped[f"its question has {'one answer' if n < 2 else f'more than {max_answers} distinct answers'}"] += 1
@@ -107,11 +108,10 @@ def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32)
             if (name, kind, text) not in index:
                 index[(name, kind, text)] = len(names)
                 names.append(text)
-        key = (name, str(record.base_dir), json.dumps(part, sort_keys=True, default=str))
-        if key not in item_of:
-            item_of[key] = len(s.items)
+        if (name, medium) not in item_of:
+            item_of[(name, medium)] = len(s.items)
             s.items.append((record, part, []))
-        s.items[item_of[key]][2].append((index[(name, "q", question)], index[(name, "a", answer)]))
+        s.items[item_of[(name, medium)]][2].append((index[(name, "q", question)], index[(name, "a", answer)]))
     return sets, skipped
 
 
