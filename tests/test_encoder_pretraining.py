@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -111,6 +112,47 @@ def test_media_kept_in_memory_train_exactly_as_media_prepared_every_epoch(vision
     assert runs[0.05][0]["media_kept_in_memory_mb"] is None and runs[0][0]["media_kept_in_memory_mb"] is None
     for memory_mb in (0.05, 0):
         assert all(torch.equal(v, runs[memory_mb][1][k]) for k, v in runs[2048][1].items()), memory_mb
+
+
+def test_a_medium_that_fails_to_load_stops_pretraining_or_is_skipped_and_reported(tmp_path, vision_demo):
+    import dataclasses
+
+    from omnimodal.data.records import SkipReport
+    from omnimodal.errors import DataError
+    from omnimodal.model import OmniModel
+
+    from .conftest import texts_of, tiny_decoder_cfg, tiny_vision_cfg
+
+    def broken(record, path):
+        msgs = [{"role": "user", "content": [{"type": "image", "path": str(path)}, *record.messages[0]["content"][1:]]},
+                *record.messages[1:]]
+        return dataclasses.replace(record, messages=msgs)
+
+    records = _colour_records(vision_demo)
+    for i in (3, 17):
+        (tmp_path / f"broken{i}.png").write_bytes(b"not a png")
+        records[i] = broken(records[i], tmp_path / f"broken{i}.png")
+
+    def model():
+        torch.manual_seed(0)
+        m = OmniModel.from_config({"decoder": tiny_decoder_cfg(), "modalities": {"vision": tiny_vision_cfg()}},
+                                  texts=texts_of([vision_demo["train"]]))
+        apply_stage(m, {"name": "full"}, {})
+        return m
+
+    named = "|".join(rf"{re.escape(records[i].source)} \(image\): not a readable image .*broken{i}.png" for i in (3, 17))
+    with pytest.raises(DataError, match=named):  # whichever the shuffled order reaches first
+        pretrain_encoders(model(), records, {"epochs": 1, "batch_size": 8})
+
+    report = SkipReport()
+    summary = pretrain_encoders(model(), records, {"epochs": 3, "batch_size": 8}, on_error="skip", report=report)["vision"]
+    assert summary["media"] == 38 and summary["media_skipped"] == 2
+    assert report.total == 2 and report.sources == {f"{records[i].source} (image)" for i in (3, 17)}, report.summary()
+    assert all(why.startswith("MediaError: not a readable image") for why in report.reasons), report.reasons
+
+    records = [broken(r, tmp_path / "broken3.png") for r in records]  # nothing loads: an error, not nothing learned
+    with pytest.raises(DataError, match="every one of its 1 media failed to load"):
+        pretrain_encoders(model(), records, {"epochs": 1}, on_error="skip", report=SkipReport())
 
 
 def test_a_modality_can_opt_out_and_an_explicit_list_overrides_it(tiny_model, vision_demo):

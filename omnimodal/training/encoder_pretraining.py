@@ -16,7 +16,9 @@ medium (in its first user turn) and each user turn is answered by one text-only 
 each turn is a question (a one-question record's ``kind`` when it has one, else the user's
 text), kept when it has between 2 and ``max_answers`` distinct answers in the training set.
 What does not qualify is counted by reason and reported, never guessed at. Each distinct medium
-is one item, encoded once per step for every question asked about it.
+is one item, encoded once per step for every question asked about it. A medium that fails to
+load stops the run (the error names its record), or under ``data.on_error=skip`` is left out of
+pre-training and counted in the run's skip report with its reason.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ import torch
 from torch import nn
 
 from omnimodal.data.dataset import prepare_part
-from omnimodal.data.records import Record
+from omnimodal.data.records import Record, SkipReport, reason_key
 from omnimodal.data.transport import for_transport
-from omnimodal.errors import ConfigError
+from omnimodal.errors import ConfigError, DataError, OmnimodalError
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +118,24 @@ def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32)
 
 
 class _Items(torch.utils.data.Dataset):
-    """An answer set's media, prepared by the modality (errors name the record)."""
+    """An answer set's media, prepared by the modality (errors name the record). Under
+    ``on_error='skip'`` a medium that fails comes back as ``(i, None, (source, reason))``."""
 
-    def __init__(self, modality: Any, items: list[tuple[Record, dict[str, Any], list[tuple[int, int]]]]):
-        self.modality, self.items = modality, items
+    def __init__(self, modality: Any, items: list[tuple[Record, dict[str, Any], list[tuple[int, int]]]], on_error: str = "raise"):
+        self.modality, self.items, self.on_error = modality, items, on_error
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, dict[str, Any], list[tuple[int, int]]]:
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any] | None, Any]:
         record, part, pairs = self.items[i]
-        item = prepare_part(self.modality, part, record.base_dir, f"{record.source} ({part['type']})")
+        source = f"{record.source} ({part['type']})"
+        try:
+            item = prepare_part(self.modality, part, record.base_dir, source)
+        except OmnimodalError as exc:
+            if self.on_error != "skip":
+                raise
+            return i, None, (source, reason_key(source, exc))
         return i, item.features, pairs
 
 
@@ -159,9 +168,11 @@ def _as_one_buffer(batch: list[Any]) -> Any:
     return for_transport({"items": batch})
 
 
-def _own(item: tuple[int, dict[str, Any], Any]) -> tuple[int, dict[str, Any], Any]:
+def _own(item: tuple[int, dict[str, Any] | None, Any]) -> tuple[int, dict[str, Any] | None, Any]:
     """An item with its own tensors (not views of a batch's shared buffer) to keep."""
     i, features, pairs = item
+    if features is None:  # a skipped medium: kept as skipped, not loaded again
+        return item
     return i, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in features.items()}, pairs
 
 
@@ -170,7 +181,8 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int = 0, num_workers: int = 0,
-                      device: torch.device | str | None = None) -> dict[str, Any]:
+                      device: torch.device | str | None = None, on_error: str = "raise",
+                      report: SkipReport | None = None) -> dict[str, Any]:
     """Train each modality's trainable encoder and projector against answer heads for
     ``cfg["epochs"]`` epochs (see the module docstring) on ``device`` (default: where they are);
     return a summary per modality.
@@ -179,6 +191,7 @@ def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int =
     pre-train; null: every one whose encoder or projector trains, unless its own config says
     ``pretrain: false``). A modality to pre-train with no qualifying record is an error (the
     reasons counted); one whose encoder and projector are both frozen is left alone.
+    ``on_error='skip'``: media that fail to load are left out and counted in ``report``.
     """
     epochs = int(cfg.get("epochs") or 0)
     if epochs <= 0:
@@ -216,12 +229,14 @@ def pretrain_encoders(model: Any, records: Any, cfg: dict[str, Any], seed: int =
             reasons = "; ".join(f"{why}: {n}" for why, n in skipped.most_common()) or "no records"
             raise ConfigError(f"pretrain_encoders.epochs={epochs}: no {name} training record has a short-answer question "
                               f"to pre-train on ({reasons}); set pretrain_encoders.epochs=0")
-        summary[name] = _pretrain_one(model.modalities[name], encoder, projector, params, answer_set, width, cfg, epochs, seed, num_workers)
+        summary[name] = _pretrain_one(model.modalities[name], encoder, projector, params, answer_set, width, cfg, epochs, seed,
+                                      num_workers, on_error, report if report is not None else SkipReport())
     return summary
 
 
 def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, params: list[nn.Parameter], answer_set: AnswerSet,
-                  width: int, cfg: dict[str, Any], epochs: int, seed: int, num_workers: int) -> dict[str, Any]:
+                  width: int, cfg: dict[str, Any], epochs: int, seed: int, num_workers: int, on_error: str,
+                  report: SkipReport) -> dict[str, Any]:
     start = time.perf_counter()
     n_q, n_a = len(answer_set.questions), len(answer_set.answers)
     generator = torch.Generator().manual_seed(seed)
@@ -235,7 +250,8 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
         for q, a in pairs:
             allowed[q, a] = True
     optimizer = torch.optim.AdamW(params + extra, lr=float(cfg.get("lr", 5e-4)), weight_decay=0.01)
-    dataset = _Items(modality, answer_set.items)
+    dataset = _Items(modality, answer_set.items, on_error)
+    skipped: set[int] = set()
     if device.type == "cpu" and (os.cpu_count() or 1) <= torch.get_num_threads():
         # Training on every core already: a worker would only take turns with the compute threads
         # (the demo's 3 molecule epochs: 19 s in-process, 28-32 s with one worker on 2 cores).
@@ -252,9 +268,15 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
         for batch in _batches(dataset, order, int(cfg.get("batch_size", 32)), num_workers, kept):
             if kept is not None and len(kept) < len(dataset):
                 kept.update((b[0], _own(b)) for b in batch)
-                kept_bytes += sum(_nbytes(b[1]) for b in batch)
+                kept_bytes += sum(_nbytes(b[1]) for b in batch if b[1] is not None)
                 if kept_bytes > budget:
                     kept = None
+            for i, features, (source, reason) in (b for b in batch if b[1] is None):
+                skipped.add(i)
+                report.add(source, reason)
+            batch = [b for b in batch if b[1] is not None]
+            if not batch:
+                continue
             features, media, question, answer = _collate(modality, batch)
             features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             media, question, answer = media.to(device), question.to(device), answer.to(device)
@@ -273,10 +295,13 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
             hits += int((logits.argmax(-1) == answer).sum())
             seen += len(answer)
     optimizer.zero_grad(set_to_none=True)
+    if len(skipped) == len(dataset):
+        raise DataError(f"encoder pre-training, {modality.name}: every one of its {len(dataset)} media failed to load "
+                        f"(data.on_error=skip); see the skip report above")
     seconds = time.perf_counter() - start
-    result = {"epochs": epochs, "media": len(answer_set.items), "labels": answer_set.labels, "questions": n_q, "answers": n_a,
+    result = {"epochs": epochs, "media": len(answer_set.items) - len(skipped), "media_skipped": len(skipped), "labels": answer_set.labels, "questions": n_q, "answers": n_a,
               "train_accuracy_last_epoch": hits / max(seen, 1), "seconds": round(seconds, 1),
               "media_kept_in_memory_mb": round(kept_bytes / 2**20, 1) if kept is not None else None}
-    log.info("encoder pre-training, %s: %d media, %d questions asked of them (%d kinds), %d epoch(s), "
-             "train accuracy %.1f%% in the last, %.1f s", modality.name, len(answer_set.items), answer_set.labels, n_q, epochs, 100 * result["train_accuracy_last_epoch"], seconds)
+    log.info("encoder pre-training, %s: %d media (%d skipped), %d questions asked of them (%d kinds), %d epoch(s), "
+             "train accuracy %.1f%% in the last, %.1f s", modality.name, result["media"], len(skipped), answer_set.labels, n_q, epochs, 100 * result["train_accuracy_last_epoch"], seconds)
     return result

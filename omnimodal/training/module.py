@@ -132,6 +132,7 @@ class OmniLightningModule(L.LightningModule):
         self.pretrain_summary = pretrain_encoders(
             self.model, dm.load_records()["train"], self.pretrain_encoders, seed=int(dm.cfg.get("seed", 0)),
             num_workers=int(dm.cfg.get("num_workers", 0)), device=self.trainer.strategy.root_device,
+            on_error=dm.on_error, report=dm.report,
         )
         if self.pretrain_encoders.get("freeze_encoders"):
             self._freeze_encoders(sorted(self.pretrain_summary))
