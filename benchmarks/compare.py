@@ -25,7 +25,9 @@ rounds:
     loader, callbacks, checkpoints, logs and loss plot; no evaluation, no saved model) vs a
     fresh process running (b)'s plain loop, start-up and exit included.
 
-Columns: samples/s, non-pad tokens/s, ratio (omnimodal / plain; > 1 is faster), overhead (the
+Columns: samples/s, non-pad tokens/s, ratio (omnimodal / plain; > 1 is faster; beside it the
+ratios taken within each round: their median, range, and in how many rounds omnimodal was
+faster, which tells a difference from this machine's noise), overhead (the
 share of the epoch's wall time spent outside the model's forward, the backward and the
 optimizer's update: data waits, the framework's hooks and logging, a gradient pass; timed the
 same way on both sides; the model step (a) is all forward/backward/update, so "-"), padding
@@ -147,6 +149,23 @@ def training_collator(model):
         return Collator(model.modalities, model.tokenizer.pad_token_id)
 
 
+def paired(omni: list[float], plain: list[float]) -> dict[str, float]:
+    """Per-round ratios plain / omnimodal of the two sides' times (> 1: omnimodal faster).
+
+    Rounds alternate, so a ratio taken within a round cancels the machine's drift between
+    rounds (its speed moves by 5-10% between runs here); the median, the range and how many
+    rounds omnimodal won say whether a ratio near 1.0 is a difference or noise.
+    """
+    ratios = sorted(p / o for o, p in zip(omni, plain))
+    return {"median": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
+            "wins": sum(r > 1 for r in ratios), "rounds": len(ratios)}
+
+
+def paired_text(r: dict[str, float]) -> str:
+    return (f"paired rounds: median {r['median']:.2f}x, range {r['low']:.2f}-{r['high']:.2f}x, "
+            f"omnimodal faster in {r['wins']} of {r['rounds']}")
+
+
 # ---- (a) model step ----------------------------------------------------------------------------
 
 def model_step(parts: dict[str, Any], batch_size: int, rounds: int, steps: int) -> dict[str, dict[str, float]]:
@@ -193,8 +212,10 @@ def model_step(parts: dict[str, Any], batch_size: int, rounds: int, steps: int) 
     n = batch["input_ids"].shape[0]
     real = int(batch["attention_mask"].sum())
     pad = 1 - real / batch["input_ids"].numel()
-    return {side: {"s_per_step": statistics.median(t), "samples_s": n / statistics.median(t), "tokens_s": real / statistics.median(t),
-                   "padding": pad} for side, t in times.items()}
+    out = {side: {"s_per_step": statistics.median(t), "samples_s": n / statistics.median(t), "tokens_s": real / statistics.median(t),
+                  "padding": pad} for side, t in times.items()}
+    out["paired"] = paired(times["omnimodal"], times["plain"])
+    return out
 
 
 # ---- (b) whole training path ---------------------------------------------------------------------
@@ -358,6 +379,7 @@ def whole_path(parts: dict[str, Any], batch_size: int, workers: int, rounds: int
         out[side] = {"s_per_step": wall / max(1, last["samples"] / batch_size), "samples_s": last["samples"] / wall,
                      "tokens_s": last["tokens"] / wall, "padding": 1 - last["tokens"] / last["padded"],
                      "overhead": statistics.median(1 - r["inner"] / r["wall"] for r in rs), "peak_rss_mb": peaks[side] / 2**20}
+    out["paired"] = paired([r["wall"] for r in runs["omnimodal"]], [r["wall"] for r in runs["plain"]])
     return out
 
 
@@ -442,8 +464,9 @@ def epoch_commands(parts: dict[str, Any], root: Path, startup: dict[str, list[st
     }
 
 
-def timed_processes(cmds: dict[str, list[str]], root: Path, rounds: int) -> dict[str, float]:
-    """Median wall of each side's command, rounds alternating, each omnimodal run in an empty run dir."""
+def timed_processes(cmds: dict[str, list[str]], root: Path, rounds: int) -> dict[str, Any]:
+    """Median wall of each side's command and the paired ratios, rounds alternating, each
+    omnimodal run in an empty run dir."""
     walls: dict[str, list[float]] = {"omnimodal": [], "plain": []}
     for r in range(rounds):
         for side in (("omnimodal", "plain") if r % 2 == 0 else ("plain", "omnimodal")):
@@ -453,18 +476,18 @@ def timed_processes(cmds: dict[str, list[str]], root: Path, rounds: int) -> dict
             if done.returncode != 0:
                 raise SystemExit(f"{side} run failed: {' '.join(cmds[side])}\n{done.stderr[-3000:]}")
             walls[side].append(time.perf_counter() - t0)
-    return {side: statistics.median(w) for side, w in walls.items()}
+    return {**{side: statistics.median(w) for side, w in walls.items()}, "paired": paired(walls["omnimodal"], walls["plain"])}
 
 
-def table(title: str, res: dict[str, dict[str, float]]) -> None:
+def table(title: str, res: dict[str, Any]) -> None:
     o, p = res["omnimodal"], res["plain"]
     print(f"\n{title}")
     print(f"{'':<10} {'samples/s':>10} {'tokens/s':>10} {'overhead':>9} {'padding':>8} {'peak RSS MB':>12}")
-    for side, row in res.items():
+    for side, row in (("omnimodal", o), ("plain", p)):
         rss = f"{row['peak_rss_mb']:>12.0f}" if "peak_rss_mb" in row else f"{'-':>12}"
         overhead = f"{row['overhead']:>9.1%}" if "overhead" in row else f"{'-':>9}"
         print(f"{side:<10} {row['samples_s']:>10.1f} {row['tokens_s']:>10.0f} {overhead} {row['padding']:>8.1%} {rss}")
-    print(f"{'ratio':<10} {o['samples_s'] / p['samples_s']:>9.2f}x {o['tokens_s'] / p['tokens_s']:>9.2f}x")
+    print(f"{'ratio':<10} {o['samples_s'] / p['samples_s']:>9.2f}x {o['tokens_s'] / p['tokens_s']:>9.2f}x   ({paired_text(res['paired'])})")
 
 
 def main() -> None:
@@ -503,11 +526,12 @@ def main() -> None:
     if "startup" not in args.skip:
         s = timed_processes(cmds, root, args.startup_rounds or args.rounds)
         print(f"\n(c) fresh process to one trained step: omnimodal {s['omnimodal']:.1f} s, plain {s['plain']:.1f} s, "
-              f"ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; > 1: omnimodal starts faster)")
+              f"ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; > 1: omnimodal starts faster; "
+              f"{paired_text(s['paired'])})")
     if "process" not in args.skip:
         s = timed_processes(epoch_commands(parts, root, cmds, args.batch_size, args.workers), root, args.process_rounds or args.rounds)
         print(f"\n(d) fresh process, one epoch ({conversations} conversations): omnimodal {s['omnimodal']:.1f} s, "
-              f"plain {s['plain']:.1f} s, ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall)")
+              f"plain {s['plain']:.1f} s, ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; {paired_text(s['paired'])})")
 
 
 if __name__ == "__main__":
