@@ -646,3 +646,23 @@ def test_killed_run_with_the_feature_cache_resumes_exactly(tmp_path, train40, ex
     log = kill_and_resume(tmp_path / "r", exit_at, train40, *extra, f"data.feature_cache={tmp_path / 'cache-r'}")
     assert "feature cache" in log.lower()
     assert_same_weights(_final_weights(tmp_path / "s"), tmp_path / "r")
+
+
+def test_loss_plot_without_matplotlib_leaves_the_run_alone(tmp_path, monkeypatch, caplog):
+    """matplotlib comes with the ``plot`` extra; a base install still finishes its run (the model
+    is saved after the plot) and says where the losses are."""
+    import sys
+
+    from omnimodal.training.plot import plot_losses
+
+    csv = tmp_path / "logs" / "metrics.csv"
+    csv.parent.mkdir()
+    csv.write_text("epoch,step,train/loss,val/loss\n0,9,2.5,\n0,19,1.5,\n0,19,,1.7\n")
+    assert plot_losses([csv], tmp_path / "loss.png") == tmp_path / "loss.png"
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with caplog.at_level("INFO", logger="omnimodal.training.plot"):
+        assert plot_losses([csv], tmp_path / "again.png") is None
+    assert not (tmp_path / "again.png").exists()
+    assert "matplotlib is not installed" in caplog.text and str(csv) in caplog.text

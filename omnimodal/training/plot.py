@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def plot_losses(metrics_csvs: list[Path], out_png: Path) -> Path | None:
     """Plot ``train/loss`` and ``val/loss`` against the step from one or more CSV logs (a run
-    and its resumptions); returns the PNG path (or None when there is nothing to plot)."""
+    and its resumptions); returns the PNG path, or None when there is nothing to plot or
+    matplotlib (the ``plot`` extra) is not installed (said in the log; the CSV has the losses)."""
     metrics_csvs = [p for p in metrics_csvs if p.is_file()]
     if not metrics_csvs:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        log.info("no %s: matplotlib is not installed (pip install 'omnimodal[plot]'); the losses are in %s",
+                 out_png.name, metrics_csvs[-1])
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
