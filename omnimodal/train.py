@@ -62,6 +62,20 @@ def resolve_files(cfg: dict[str, Any]) -> dict[str, list[Path]]:
     return prepare_demo(list(cfg["modalities"]), data["demo_root"], int(cfg.get("seed", 0)))
 
 
+def check_available(names: list[str]) -> None:
+    """Every selected modality's plugin can run here (its extra is installed), checked before
+    any data is built; the error names each missing extra and the run that works without it."""
+    from omnimodal.errors import ConfigError
+    from omnimodal.plugins import get_registry
+
+    registry = get_registry()
+    missing = [name for name in names if name in registry.unavailable]
+    if missing:
+        usable = [name for name in names if name not in registry.unavailable]
+        rest = f"; or train without {'it' if len(missing) == 1 else 'them'}: modalities=[{','.join(usable)}]" if usable else ""
+        raise ConfigError("; ".join(f"modality {name!r} is unavailable: {registry.unavailable[name]}" for name in missing) + rest)
+
+
 def _quiet_logs() -> None:
     """One copy of each log line (through Hydra's handlers), without known third-party noise."""
     import warnings
@@ -263,6 +277,7 @@ def _train(cfg: dict[str, Any], out_dir: Path, given: Any = None) -> dict[str, A
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
     if not cfg.get("modalities"):
         raise ConfigError("no modalities selected: use modalities=[vision,...]")
+    check_available(list(cfg["modalities"]))
     files = resolve_files(cfg)
     model_cfg = {"decoder": cfg["decoder"], "modalities": cfg["modalities"]}
     grad_ckpt = bool(cfg["decoder"].get("gradient_checkpointing", False))

@@ -140,6 +140,25 @@ def test_plugin_with_missing_dependencies_is_unavailable_with_hint():
         unregister_plugin("ecg")
 
 
+def test_a_run_with_an_unavailable_modality_stops_before_building_data(tmp_path):
+    """The default run's modalities come from the config, not an override: each is checked
+    before any demo data is built, and the error names the extra and the run that works."""
+    from omnimodal.api import compose, fit
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose(["modalities=[vision]", f"data.demo_root={tmp_path / 'demo'}"]), resolve=True)
+    cfg["modalities"]["ecg"] = {"encoder": {}, "projector": {}}  # as if a config group had selected it
+    register_plugin(_NeedsMissing(), name="ecg")
+    try:
+        with pytest.raises(ConfigError, match=r"modality 'ecg' is unavailable: missing surely_not_installed_pkg; install with: "
+                                              r"pip install omnimodal-ecg\[full\]; or train without it: modalities=\[vision\]"):
+            fit(cfg, output_dir=tmp_path / "run")
+    finally:
+        unregister_plugin("ecg")
+    assert not (tmp_path / "demo").exists()
+
+
 def test_cli_help_and_plugins_do_not_import_heavy_libraries():
     code = (
         "import sys; from omnimodal.cli import main; main(['plugins']);"

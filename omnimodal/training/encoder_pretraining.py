@@ -4,7 +4,7 @@ From scratch, an encoder learns slowly through the language model's gradient: on
 demo a GINE trained that way still read "does it contain nitrogen?" at chance after 3 epochs,
 while the same encoder and projector trained for two epochs against one linear answer head per
 question read it at 100%, and a language model trained on top of them then answered it at
-100% too (README, "Demo speed: what was tried"). So before the language model trains, each modality
+100% too (docs/benchmarks.md, "Demo speed: what was tried"). So before the language model trains, each modality
 whose encoder or projector trains here gets ``pretrain_encoders.epochs`` epochs of that: the
 item's pseudo-tokens, pooled by attention with one learned query per question (as the language
 model reads them), -> one linear head per question -> cross-entropy over the question's
