@@ -391,6 +391,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the model over an OpenAI-compatible HTTP API (FastAPI + uvicorn)."""
+    from omnimodal.compat import require_extra
+
+    require_extra("serve", ("fastapi", "uvicorn", "pydantic"), "omnimodal serve")
     from omnimodal.inference import load, resolve_model_dir
     from omnimodal.serving.app import ServerSettings, serve
 

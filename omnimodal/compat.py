@@ -26,6 +26,14 @@ class InstallError(OmnimodalError):
     """The installed dependencies cannot work together; the message says how to fix it."""
 
 
+def require_extra(extra: str, modules: tuple[str, ...], what: str) -> None:
+    """Raise :class:`InstallError` naming the extra to install when one of ``modules`` is not
+    importable (found without importing it): ``what`` needs ``pip install 'omnimodal[extra]'``."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InstallError(f"{what} needs the {extra!r} extra ({', '.join(missing)} not installed): pip install 'omnimodal[{extra}]'")
+
+
 def installed_version(dist: str) -> str | None:
     """The installed version of distribution ``dist``, or None (no import needed)."""
     try:

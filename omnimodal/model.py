@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omnimodal.compat import check_torch_stack
+from omnimodal.compat import check_torch_stack, require_extra
 
 check_torch_stack()  # a clear error for a torch/torchaudio pair that cannot import together
 
@@ -352,6 +352,7 @@ class OmniModel(nn.Module):
 
     def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: list[str] | str = "all-linear") -> None:
         """Wrap the decoder with PEFT LoRA adapters (only the adapters train in the decoder)."""
+        require_extra("lora", ("peft",), "LoRA (stage=lora)")
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
@@ -511,6 +512,7 @@ class OmniModel(nn.Module):
         if missing or unexpected:
             raise ConfigError(f"{directory / WEIGHTS_NAME}: weights do not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
         if config.get("adapter"):
+            require_extra("lora", ("peft",), f"{directory}: a model saved with LoRA adapters")
             from peft import PeftModel
 
             model.decoder = PeftModel.from_pretrained(model.decoder, directory / config["adapter"])

@@ -97,3 +97,23 @@ def test_doctor_reports_an_implementation_that_does_not_import(tmp_path):
     failures = {what: err for what, _, err in import_implementations() if err}
     assert "ModuleNotFoundError" in failures["modality ghost"]
     assert "modality vision" not in failures
+
+
+def test_a_missing_extra_is_named_with_its_install_line(monkeypatch, capsys, tmp_path):
+    """Commands that need an extra say which one before they import it (not a bare
+    ModuleNotFoundError from deep inside)."""
+    import importlib.util
+
+    import pytest
+
+    from omnimodal.cli import main
+
+    with pytest.raises(compat.InstallError, match=r"omnimodal serve needs the 'serve' extra \(surely_not_here not installed\): "
+                                                  r"pip install 'omnimodal\[serve\]'"):
+        compat.require_extra("serve", ("json", "surely_not_here"), "omnimodal serve")
+    compat.require_extra("serve", ("json",), "omnimodal serve")  # present: no error
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "omnimodal serve needs the 'serve' extra (fastapi not installed): pip install 'omnimodal[serve]'" in capsys.readouterr().err

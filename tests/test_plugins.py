@@ -143,9 +143,9 @@ def test_plugin_with_missing_dependencies_is_unavailable_with_hint():
 def test_a_run_with_an_unavailable_modality_stops_before_building_data(tmp_path):
     """The default run's modalities come from the config, not an override: each is checked
     before any demo data is built, and the error names the extra and the run that works."""
-    from omnimodal.api import compose, fit
-
     from omegaconf import OmegaConf
+
+    from omnimodal.api import compose, fit
 
     cfg = OmegaConf.to_container(compose(["modalities=[vision]", f"data.demo_root={tmp_path / 'demo'}"]), resolve=True)
     cfg["modalities"]["ecg"] = {"encoder": {}, "projector": {}}  # as if a config group had selected it

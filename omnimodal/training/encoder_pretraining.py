@@ -271,7 +271,7 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
                 kept_bytes += sum(_nbytes(b[1]) for b in batch if b[1] is not None)
                 if kept_bytes > budget:
                     kept = None
-            for i, features, (source, reason) in (b for b in batch if b[1] is None):
+            for i, _, (source, reason) in (b for b in batch if b[1] is None):
                 skipped.add(i)
                 report.add(source, reason)
             batch = [b for b in batch if b[1] is not None]

@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnimodal.errors import ConfigError, DataError
+from omnimodal.compat import require_extra
+from omnimodal.errors import DataError
 
 
 def _datasets():
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ConfigError("reading Hugging Face datasets and Parquet needs `pip install omnimodal[data]`") from exc
+    require_extra("data", ("datasets", "pyarrow"), "reading Hugging Face datasets and Parquet")
+    import datasets
+
     return datasets
 
 
