@@ -117,3 +117,36 @@ def test_a_missing_extra_is_named_with_its_install_line(monkeypatch, capsys, tmp
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     assert main(["serve", "--model", str(tmp_path)]) == 2
     assert "omnimodal serve needs the 'serve' extra (fastapi not installed): pip install 'omnimodal[serve]'" in capsys.readouterr().err
+
+
+def test_doctor_lists_a_modality_whose_extra_is_missing_and_fails_on_it_only_when_strict(monkeypatch, capsys):
+    from omnimodal import doctor
+    from omnimodal.plugins import unregister_plugin
+
+    plugin = type(sys)("ecg_plugin")
+    exec(
+        textwrap.dedent(
+            """
+            from omnimodal.hookspecs import hookimpl
+
+            @hookimpl
+            def omnimodal_register_modalities(register):
+                register(SPEC)
+            """
+        ),
+        plugin.__dict__,
+    )
+    plugin.SPEC = ModalitySpec(name="ecg", part_type="ecg", placeholder="<ecg>", impl="no_such_module:Ecg",
+                               requires=("surely_not_installed_pkg",), install_hint="pip install 'omnimodal-ecg[full]'")
+    register_plugin(plugin, "ecg-plugin")
+    try:
+        monkeypatch.delenv("CI", raising=False)
+        assert doctor.main([]) == 0
+        out = capsys.readouterr().out
+        assert "skip modality ecg" in out and "pip install 'omnimodal-ecg[full]'" in out and "FAIL" not in out
+        assert doctor.main(["--strict"]) == 1
+        assert "FAIL modality ecg" in capsys.readouterr().out
+        monkeypatch.setenv("CI", "true")  # CI installs .[dev]: a missing extra is a broken install there
+        assert doctor.main([]) == 1
+    finally:
+        unregister_plugin("ecg-plugin")
