@@ -147,7 +147,7 @@ def test_a_medium_that_fails_to_load_stops_pretraining_or_is_skipped_and_reporte
     report = SkipReport()
     summary = pretrain_encoders(model(), records, {"epochs": 3, "batch_size": 8}, on_error="skip", report=report)["vision"]
     assert summary["media"] == 38 and summary["media_skipped"] == 2
-    assert report.total == 2 and report.sources == {f"{records[i].source} (image)" for i in (3, 17)}, report.summary()
+    assert report.total == 2 and report.sources == {records[i].source for i in (3, 17)}, report.summary()
     assert all(why.startswith("MediaError: not a readable image") for why in report.reasons), report.reasons
 
     records = [broken(r, tmp_path / "broken3.png") for r in records]  # nothing loads: an error, not nothing learned

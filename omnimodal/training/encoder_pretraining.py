@@ -119,7 +119,7 @@ def answer_sets(records: Any, part_types: dict[str, str], max_answers: int = 32)
 
 class _Items(torch.utils.data.Dataset):
     """An answer set's media, prepared by the modality (errors name the record). Under
-    ``on_error='skip'`` a medium that fails comes back as ``(i, None, (source, reason))``."""
+    ``on_error='skip'`` a medium that fails comes back as ``(i, None, (record source, reason))``."""
 
     def __init__(self, modality: Any, items: list[tuple[Record, dict[str, Any], list[tuple[int, int]]]], on_error: str = "raise"):
         self.modality, self.items, self.on_error = modality, items, on_error
@@ -135,7 +135,7 @@ class _Items(torch.utils.data.Dataset):
         except OmnimodalError as exc:
             if self.on_error != "skip":
                 raise
-            return i, None, (source, reason_key(source, exc))
+            return i, None, (record.source, reason_key(source, exc))  # the record, as the run's report counts it
         return i, item.features, pairs
 
 
