@@ -507,31 +507,32 @@ def main() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    root = Path(tempfile.mkdtemp(prefix="omnimodal-compare-"))
-    parts = build_parts(root, args.records, args.image_size)
-    freeze_vision(parts["model"])
-    import omnimodal
+    with tempfile.TemporaryDirectory(prefix="omnimodal-compare-") as tmp:  # removed afterwards, even on failure
+        root = Path(tmp)
+        parts = build_parts(root, args.records, args.image_size)
+        freeze_vision(parts["model"])
+        import omnimodal
 
-    print(f"omnimodal from {Path(omnimodal.__file__).parent}")
-    conversations = sum(1 for line in Path(parts["files"]["train"]).read_text().splitlines() if line.strip())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch_size}, "
-          f"{args.records} images = {conversations} conversations per epoch, {args.workers} worker(s), "
-          f"median of {args.rounds} alternating rounds")
-    if "step" not in args.skip:
-        table("(a) model step alone (fixed batch)", model_step(parts, args.batch_size, args.rounds, args.steps))
-    if "path" not in args.skip:
-        table("(b) whole training path, one epoch", whole_path(parts, args.batch_size, args.workers, args.rounds))
-    if {"startup", "process"} - set(args.skip):
-        cmds = startup_commands(parts, root)
-    if "startup" not in args.skip:
-        s = timed_processes(cmds, root, args.startup_rounds or args.rounds)
-        print(f"\n(c) fresh process to one trained step: omnimodal {s['omnimodal']:.1f} s, plain {s['plain']:.1f} s, "
-              f"ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; > 1: omnimodal starts faster; "
-              f"{paired_text(s['paired'])})")
-    if "process" not in args.skip:
-        s = timed_processes(epoch_commands(parts, root, cmds, args.batch_size, args.workers), root, args.process_rounds or args.rounds)
-        print(f"\n(d) fresh process, one epoch ({conversations} conversations): omnimodal {s['omnimodal']:.1f} s, "
-              f"plain {s['plain']:.1f} s, ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; {paired_text(s['paired'])})")
+        print(f"omnimodal from {Path(omnimodal.__file__).parent}")
+        conversations = sum(1 for line in Path(parts["files"]["train"]).read_text().splitlines() if line.strip())
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch_size}, "
+              f"{args.records} images = {conversations} conversations per epoch, {args.workers} worker(s), "
+              f"median of {args.rounds} alternating rounds")
+        if "step" not in args.skip:
+            table("(a) model step alone (fixed batch)", model_step(parts, args.batch_size, args.rounds, args.steps))
+        if "path" not in args.skip:
+            table("(b) whole training path, one epoch", whole_path(parts, args.batch_size, args.workers, args.rounds))
+        if {"startup", "process"} - set(args.skip):
+            cmds = startup_commands(parts, root)
+        if "startup" not in args.skip:
+            s = timed_processes(cmds, root, args.startup_rounds or args.rounds)
+            print(f"\n(c) fresh process to one trained step: omnimodal {s['omnimodal']:.1f} s, plain {s['plain']:.1f} s, "
+                  f"ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; > 1: omnimodal starts faster; "
+                  f"{paired_text(s['paired'])})")
+        if "process" not in args.skip:
+            s = timed_processes(epoch_commands(parts, root, cmds, args.batch_size, args.workers), root, args.process_rounds or args.rounds)
+            print(f"\n(d) fresh process, one epoch ({conversations} conversations): omnimodal {s['omnimodal']:.1f} s, "
+                  f"plain {s['plain']:.1f} s, ratio {s['plain'] / s['omnimodal']:.2f}x (plain / omnimodal wall; {paired_text(s['paired'])})")
 
 
 if __name__ == "__main__":

@@ -39,45 +39,46 @@ def main() -> None:
     from omnimodal.data.dataset import Collator, ConversationDataset
     from omnimodal.data.records import read_jsonl
 
-    parts = compare.build_parts(Path(tempfile.mkdtemp(prefix="omnimodal-hot-path-")), 32, 224)
-    compare.freeze_vision(parts["model"])
-    model = parts["model"].train()
-    recs = list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:16]
-    ds = ConversationDataset(recs, model.tokenizer, model.modalities, model.placeholder_ids, 512)
-    samples = [ds[i] for i in range(len(ds))]
-    plain = Collator(model.modalities, model.tokenizer.pad_token_id)
-    indexed = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
-    by_mask, by_index = plain(samples), indexed(samples)
+    with tempfile.TemporaryDirectory(prefix="omnimodal-hot-path-") as tmp:
+        parts = compare.build_parts(Path(tmp), 32, 224)
+        compare.freeze_vision(parts["model"])
+        model = parts["model"].train()
+        recs = list(read_jsonl(parts["files"]["train"], {"image": "vision"}))[:16]
+        ds = ConversationDataset(recs, model.tokenizer, model.modalities, model.placeholder_ids, 512)
+        samples = [ds[i] for i in range(len(ds))]
+        plain = Collator(model.modalities, model.tokenizer.pad_token_id)
+        indexed = Collator(model.modalities, model.tokenizer.pad_token_id, placeholder_ids=model.placeholder_ids)
+        by_mask, by_index = plain(samples), indexed(samples)
 
-    with torch.no_grad():
-        outputs = {name: model.encode_media(name, media) for name, media in by_index["media"].items()}
-    model.encode_media = lambda name, media: outputs[name]  # time the splice alone
-    t_mask = median_time(lambda: model.embed(by_mask["input_ids"], by_mask["media"]), 200)
-    t_index = median_time(lambda: model.embed(by_index["input_ids"], by_index["media"], splice=by_index["splice"]), 200)
-    del model.encode_media
-    print(f"splice (embedding lookup included), batch 16: mask {t_mask * 1e3:.3f} ms, index {t_index * 1e3:.3f} ms")
-    t_plain, t_indexed = median_time(lambda: plain(samples), 20), median_time(lambda: indexed(samples), 20)
-    print(f"collate 16 samples: without indices {t_plain * 1e3:.2f} ms, with the count check and indices {t_indexed * 1e3:.2f} ms")
+        with torch.no_grad():
+            outputs = {name: model.encode_media(name, media) for name, media in by_index["media"].items()}
+        model.encode_media = lambda name, media: outputs[name]  # time the splice alone
+        t_mask = median_time(lambda: model.embed(by_mask["input_ids"], by_mask["media"]), 200)
+        t_index = median_time(lambda: model.embed(by_index["input_ids"], by_index["media"], splice=by_index["splice"]), 200)
+        del model.encode_media
+        print(f"splice (embedding lookup included), batch 16: mask {t_mask * 1e3:.3f} ms, index {t_index * 1e3:.3f} ms")
+        t_plain, t_indexed = median_time(lambda: plain(samples), 20), median_time(lambda: indexed(samples), 20)
+        print(f"collate 16 samples: without indices {t_plain * 1e3:.2f} ms, with the count check and indices {t_indexed * 1e3:.2f} ms")
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    scale = torch.tensor(0.5)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        scale = torch.tensor(0.5)
 
-    def gradient_pass():
-        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        torch._foreach_mul_(grads, scale)
+        def gradient_pass():
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            torch._foreach_mul_(grads, scale)
 
-    n_values = sum(p.numel() for p in params) / 1e6
-    print(f"gradient pass over {len(params)} trainable tensors ({n_values:.1f}M values): {median_time(gradient_pass, 50) * 1e3:.2f} ms")
+        n_values = sum(p.numel() for p in params) / 1e6
+        print(f"gradient pass over {len(params)} trainable tensors ({n_values:.1f}M values): {median_time(gradient_pass, 50) * 1e3:.2f} ms")
 
-    def step():
-        model(**by_index, loss_reduction="sum").loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        def step():
+            model(**by_index, loss_reduction="sum").loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    print(f"one training step (forward + backward + AdamW), batch 16: {median_time(step, 5) * 1e3:.0f} ms")
+        print(f"one training step (forward + backward + AdamW), batch 16: {median_time(step, 5) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
