@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,23 +129,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--format", choices=["llava", "omnimodal"], default="llava")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep data and logs here (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep data and logs here (default: a temp dir, removed at the end)")
     parser.add_argument("overrides", nargs="*", help="extra `omnimodal train` overrides")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="omnimodal-data-memory-"))
-    rows = []
-    for n in args.sizes:
-        data = write_data(work / f"{args.format}-{n}", n, args.format)
-        r = measure(data, work / f"run-{args.format}-{n}", args.overrides)
-        rows.append((n, data.stat().st_size / 2**20, r))
-        print(f"{n:>8} records ({rows[-1][1]:6.1f} MiB {args.format}): peak PSS main + workers {r['peak_mb']:7.1f} MB "
-              f"(main {r['main_mb']:.1f} MB, {r['procs']} processes); peak anonymous PSS {r['anon_mb']:7.1f} MB; "
-              f"{r['seconds']:.0f} s", flush=True)
-    if len(rows) > 1:
-        first, last = rows[0][2], rows[-1][2]
-        print(f"growth {rows[0][0]} -> {rows[-1][0]} records: PSS {last['peak_mb'] / first['peak_mb']:.3f}x, "
-              f"anonymous PSS {last['anon_mb'] / first['anon_mb']:.3f}x (target < 1.2x)")
-    print(f"data and logs: {work}")
+    try:
+        rows = []
+        for n in args.sizes:
+            data = write_data(work / f"{args.format}-{n}", n, args.format)
+            r = measure(data, work / f"run-{args.format}-{n}", args.overrides)
+            rows.append((n, data.stat().st_size / 2**20, r))
+            print(f"{n:>8} records ({rows[-1][1]:6.1f} MiB {args.format}): peak PSS main + workers {r['peak_mb']:7.1f} MB "
+                  f"(main {r['main_mb']:.1f} MB, {r['procs']} processes); peak anonymous PSS {r['anon_mb']:7.1f} MB; "
+                  f"{r['seconds']:.0f} s", flush=True)
+        if len(rows) > 1:
+            first, last = rows[0][2], rows[-1][2]
+            print(f"growth {rows[0][0]} -> {rows[-1][0]} records: PSS {last['peak_mb'] / first['peak_mb']:.3f}x, "
+                  f"anonymous PSS {last['anon_mb'] / first['anon_mb']:.3f}x (target < 1.2x)")
+    finally:
+        if args.workdir is None:  # the generated records and run dirs: removed (--workdir keeps them)
+            shutil.rmtree(work, ignore_errors=True)
+    if args.workdir is not None:
+        print(f"data and logs: {work}")
 
 
 if __name__ == "__main__":
