@@ -75,15 +75,13 @@ def test_doctor_imports_every_builtin_implementation():
     assert "FAIL" not in r.stdout
 
 
-def test_doctor_reports_an_implementation_that_does_not_import(tmp_path):
-    from omnimodal.doctor import import_implementations
-
-    plugin = type(sys)("broken_plugin")
+def _modality_plugin(spec: ModalitySpec):
+    """A plugin module whose one hook registers ``spec``."""
+    plugin = type(sys)(f"{spec.name}_plugin")
     exec(
         textwrap.dedent(
             """
             from omnimodal.hookspecs import hookimpl
-            from omnimodal.specs import ModalitySpec
 
             @hookimpl
             def omnimodal_register_modalities(register):
@@ -92,8 +90,15 @@ def test_doctor_reports_an_implementation_that_does_not_import(tmp_path):
         ),
         plugin.__dict__,
     )
-    plugin.SPEC = ModalitySpec(name="ghost", part_type="ghost", placeholder="<ghost>", impl="no_such_module:Ghost")
-    register_plugin(plugin, "ghost-plugin")
+    plugin.SPEC = spec
+    return plugin
+
+
+def test_doctor_reports_an_implementation_that_does_not_import(tmp_path):
+    from omnimodal.doctor import import_implementations
+
+    register_plugin(_modality_plugin(ModalitySpec(name="ghost", part_type="ghost", placeholder="<ghost>", impl="no_such_module:Ghost")),
+                    "ghost-plugin")
     failures = {what: err for what, _, err in import_implementations() if err}
     assert "ModuleNotFoundError" in failures["modality ghost"]
     assert "modality vision" not in failures
@@ -123,22 +128,9 @@ def test_doctor_lists_a_modality_whose_extra_is_missing_and_fails_on_it_only_whe
     from omnimodal import doctor
     from omnimodal.plugins import unregister_plugin
 
-    plugin = type(sys)("ecg_plugin")
-    exec(
-        textwrap.dedent(
-            """
-            from omnimodal.hookspecs import hookimpl
-
-            @hookimpl
-            def omnimodal_register_modalities(register):
-                register(SPEC)
-            """
-        ),
-        plugin.__dict__,
-    )
-    plugin.SPEC = ModalitySpec(name="ecg", part_type="ecg", placeholder="<ecg>", impl="no_such_module:Ecg",
-                               requires=("surely_not_installed_pkg",), install_hint="pip install 'omnimodal-ecg[full]'")
-    register_plugin(plugin, "ecg-plugin")
+    spec = ModalitySpec(name="ecg", part_type="ecg", placeholder="<ecg>", impl="no_such_module:Ecg",
+                        requires=("surely_not_installed_pkg",), install_hint="pip install 'omnimodal-ecg[full]'")
+    register_plugin(_modality_plugin(spec), "ecg-plugin")
     try:
         monkeypatch.delenv("CI", raising=False)
         assert doctor.main([]) == 0
