@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -129,11 +130,12 @@ class OmniLightningModule(L.LightningModule):
         from omnimodal.training.encoder_pretraining import pretrain_encoders
 
         dm = self.trainer.datamodule
-        self.pretrain_summary = pretrain_encoders(
-            self.model, dm.load_records()["train"], self.pretrain_encoders, seed=int(dm.cfg.get("seed", 0)),
-            num_workers=int(dm.cfg.get("num_workers", 0)), device=self.trainer.strategy.root_device,
-            on_error=dm.on_error, report=dm.report,
-        )
+        with outside_torch_function_modes():
+            self.pretrain_summary = pretrain_encoders(
+                self.model, dm.load_records()["train"], self.pretrain_encoders, seed=int(dm.cfg.get("seed", 0)),
+                num_workers=int(dm.cfg.get("num_workers", 0)), device=self.trainer.strategy.root_device,
+                on_error=dm.on_error, report=dm.report,
+            )
         if self.pretrain_encoders.get("freeze_encoders"):
             self._freeze_encoders(sorted(self.pretrain_summary))
             for name in self.frozen_after_pretraining:
@@ -383,7 +385,30 @@ class OmniLightningModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def adamw(groups: list[dict[str, Any]], fused: bool = True, **kwargs: Any) -> torch.optim.AdamW:
+@contextmanager
+def outside_torch_function_modes() -> Iterator[None]:
+    """Run the block with no ``TorchFunctionMode`` active, and restore the modes after it.
+
+    Lightning calls ``configure_model`` inside its tensor-init context: ``torch.device(...)`` and
+    its ``_EmptyInit``, two modes that route *every* torch call through Python. Fine for building
+    a model; encoder pre-training makes ~0.9M torch calls (the molecule demo's, 4 epochs on the
+    2-core CPU: 38.4 s inside the modes, 28.7 s outside). It passes its device explicitly, so it
+    needs neither.
+    """
+    try:  # private to torch, stable since 2.0; tests/test_encoder_pretraining.py checks them
+        from torch.overrides import _len_torch_function_stack, _pop_mode, _push_mode
+    except ImportError:  # a torch without them: the block runs inside the modes, only slower
+        yield
+        return
+    modes = [_pop_mode() for _ in range(_len_torch_function_stack())]
+    try:
+        yield
+    finally:
+        for mode in reversed(modes):
+            _push_mode(mode)
+
+
+def adamw(groups: list[Any], fused: bool = True, **kwargs: Any) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel (one kernel for all parameters) where the parameters'
     device has one (CPU, CUDA, ...) and ``fused``, else the default implementation. On the CPU the
     default is a Python loop over the parameters: ~16 ms a step for a 4M-parameter decoder against
