@@ -87,6 +87,8 @@ def _quiet_logs() -> None:
     warnings.filterwarnings("ignore", message=".*set_vital.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
+    # Frozen parts are put in eval mode on purpose (the parameter table's "mode" column says so).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def model_signature(cfg: dict[str, Any]) -> dict[str, str]:
