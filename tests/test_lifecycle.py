@@ -619,6 +619,42 @@ def test_last_checkpoint_is_the_last_step_even_when_validation_gets_worse(tmp_pa
     assert steps == ({"last.ckpt": 6, "epoch=0-step=2.ckpt": 2} if monitor else {"last.ckpt": 6})
 
 
+def test_a_run_stopped_before_its_first_validation_keeps_last_ckpt_without_a_monitor_warning(tmp_path):
+    """max_steps inside the first epoch: no validation has run, so there is no best checkpoint to
+    judge; Lightning warned "could not find the monitored key" when the best-by-val/loss callback
+    tried to save at the epoch's end."""
+    import warnings
+
+    import lightning as L
+
+    from omnimodal.training import kit
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", self.layer(batch[0]).sum())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=4)
+    trainer = L.Trainer(max_steps=2, callbacks=kit.checkpoint_callbacks(tmp_path, monitor="val/loss"), logger=False,
+                        plugins=[kit.checkpoint_io()], enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Tiny(), data, data)
+    assert not [w for w in caught if "monitored key" in str(w.message)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
 def test_checkpoint_io_writes_a_loadable_file_in_place_of_the_old_one(tmp_path):
     from omnimodal.training.checkpoint import AtomicCheckpointIO
 

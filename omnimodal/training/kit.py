@@ -70,7 +70,10 @@ def checkpoint_callbacks(dirpath: str | Path, monitor: str | None = None,
                            enable_version_counter=False, every_n_train_steps=every_n_train_steps)
     if monitor is None:
         return [last]
-    best = ModelCheckpoint(dirpath=dirpath, save_top_k=1, monitor=monitor, every_n_train_steps=every_n_train_steps)
+    # Judged after validation only: a run stopped (max_steps) before its first validation has no
+    # metric to judge by, and Lightning warned "could not find the monitored key" at its end.
+    best = ModelCheckpoint(dirpath=dirpath, save_top_k=1, monitor=monitor, every_n_train_steps=every_n_train_steps,
+                           save_on_train_epoch_end=False)
     return [best, last]
 
 
