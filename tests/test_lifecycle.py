@@ -590,13 +590,11 @@ def test_exit_hook_refuses_a_malformed_value():
         _exit_point("after:3")
 
 
-@pytest.mark.parametrize("monitor", ["val/loss", None])
-def test_last_checkpoint_is_the_last_step_even_when_validation_gets_worse(tmp_path, monitor):
+def _worsening_module():
+    """A one-layer LightningModule whose validation loss rises every epoch."""
     import lightning as L
 
-    from omnimodal.training import kit
-
-    class Worsening(L.LightningModule):  # the validation loss rises every epoch
+    class Worsening(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.layer = torch.nn.Linear(2, 1)
@@ -610,10 +608,19 @@ def test_last_checkpoint_is_the_last_step_even_when_validation_gets_worse(tmp_pa
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    return Worsening()
+
+
+@pytest.mark.parametrize("monitor", ["val/loss", None])
+def test_last_checkpoint_is_the_last_step_even_when_validation_gets_worse(tmp_path, monitor):
+    import lightning as L
+
+    from omnimodal.training import kit
+
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
     trainer = L.Trainer(max_epochs=3, callbacks=kit.checkpoint_callbacks(tmp_path, monitor=monitor), logger=False,
                         plugins=[kit.checkpoint_io()], enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Worsening(), data, data if monitor else None)
+    trainer.fit(_worsening_module(), data, data if monitor else None)
     steps = {p.name: torch.load(p, weights_only=False)["global_step"] for p in tmp_path.iterdir()}
     # 2 steps per epoch: last.ckpt is the end of epoch 3, the best (by a rising loss) epoch 1's
     assert steps == ({"last.ckpt": 6, "epoch=0-step=2.ckpt": 2} if monitor else {"last.ckpt": 6})
@@ -629,27 +636,13 @@ def test_a_run_stopped_before_its_first_validation_keeps_last_ckpt_without_a_mon
 
     from omnimodal.training import kit
 
-    class Tiny(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.layer(batch[0]).sum()
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val/loss", self.layer(batch[0]).sum())
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=4)
     trainer = L.Trainer(max_steps=2, callbacks=kit.checkpoint_callbacks(tmp_path, monitor="val/loss"), logger=False,
                         plugins=[kit.checkpoint_io()], enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(Tiny(), data, data)
+        trainer.fit(_worsening_module(), data, data)
     assert not [w for w in caught if "monitored key" in str(w.message)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
