@@ -138,3 +138,23 @@ def test_the_schedule_ends_exactly_on_the_last_optimizer_step(vision_demo, data,
     assert trainer.global_step == steps == module._total_steps()
     assert sched.last_epoch == steps and sched.get_last_lr()[0] == 0.0
 
+
+
+def test_data_workers_auto_loads_in_process_where_torch_threads_take_every_core(monkeypatch):
+    import os
+
+    import torch
+
+    from omnimodal.errors import ConfigError
+    from omnimodal.training.datamodule import data_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert data_workers("auto", "cpu") == 0 and data_workers(None, "cpu") == 0
+    assert data_workers("auto", "cuda") == 1  # the GPU computes; the CPU is free to decode
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert data_workers("auto", "cpu") == 1  # a core left over for the worker
+    assert data_workers(3, "cpu") == 3 and data_workers("0", "cuda") == 0  # a number as given
+    for bad in (-1, "two", 1.5):
+        with pytest.raises(ConfigError, match=r"data.num_workers=.*auto"):
+            data_workers(bad, "cpu")

@@ -652,7 +652,7 @@ def build_cache(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     from omnimodal.decoder import add_placeholders
     from omnimodal.model import build_modalities, build_tokenizer
     from omnimodal.train import resolve_files
-    from omnimodal.training.datamodule import OmniDataModule, read_split
+    from omnimodal.training.datamodule import OmniDataModule, data_workers, read_split
 
     cfg = copy_cfg(cfg)
     cfg["data"]["feature_cache_mode"] = "auto"
@@ -689,7 +689,7 @@ def build_cache(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             bar.set_description(f"caching features ({split})")
             out["splits"][split] = len(dataset)
             loader = DataLoader(dataset, batch_size=int(cfg["data"].get("batch_size", 32)), shuffle=False,
-                                num_workers=int(cfg["data"].get("num_workers", 0)), collate_fn=collate)
+                                num_workers=data_workers(cfg["data"].get("num_workers"), device.type), collate_fn=collate)
             for batch in loader:
                 for name, cache in setup.caches.items():
                     if name not in batch["media"]:

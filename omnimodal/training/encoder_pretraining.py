@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from omnimodal.data.dataset import prepare_part
 from omnimodal.data.records import Record, SkipReport, reason_key
 from omnimodal.data.transport import for_transport
 from omnimodal.errors import ConfigError, DataError, OmnimodalError
+from omnimodal.training.datamodule import torch_threads_fill_the_cpu
 from omnimodal.training.module import adamw
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def _pretrain_one(modality: Any, encoder: nn.Module, projector: nn.Module, param
     optimizer = adamw(params + extra, lr=float(cfg.get("lr", 5e-4)), weight_decay=0.01)
     dataset = _Items(modality, answer_set.items, on_error)
     skipped: set[int] = set()
-    if device.type == "cpu" and (os.cpu_count() or 1) <= torch.get_num_threads():
+    if device.type == "cpu" and torch_threads_fill_the_cpu():
         # Training on every core already: a worker would only take turns with the compute threads
         # (the demo's 3 molecule epochs: 19 s in-process, 28-32 s with one worker on 2 cores).
         num_workers = 0
