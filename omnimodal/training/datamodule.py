@@ -212,8 +212,9 @@ class OmniDataModule(L.LightningDataModule):
             self.train_set = self.dataset("train")
             self.val_set = self.dataset("val") if self.files.get("val") else None
 
-    def num_workers(self, device_type: str) -> int:
-        """``data.num_workers`` for a run on ``device_type`` (see :func:`data_workers`)."""
+    def num_workers(self) -> int:
+        """``data.num_workers`` for the attached trainer's device (CPU without one; see :func:`data_workers`)."""
+        device_type = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
         return data_workers(self.cfg.get("num_workers", "auto"), device_type)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, padding_side: str = "right"):
@@ -221,7 +222,7 @@ class OmniDataModule(L.LightningDataModule):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         trainer = self.trainer
-        workers = self.num_workers(trainer.strategy.root_device.type if trainer is not None else "cpu")
+        workers = self.num_workers()
         seed = int(self.cfg.get("seed", 0))
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if shuffle and self.cfg.get("group_by_length", False):

@@ -133,7 +133,7 @@ class OmniLightningModule(L.LightningModule):
         with outside_torch_function_modes():
             self.pretrain_summary = pretrain_encoders(
                 self.model, dm.load_records()["train"], self.pretrain_encoders, seed=int(dm.cfg.get("seed", 0)),
-                num_workers=dm.num_workers(self.trainer.strategy.root_device.type), device=self.trainer.strategy.root_device,
+                num_workers=dm.num_workers(), device=self.trainer.strategy.root_device,
                 on_error=dm.on_error, report=dm.report,
             )
         if self.pretrain_encoders.get("freeze_encoders"):
